@@ -1,0 +1,183 @@
+"""Taking the socket over from the WSGI server once the handshake is accepted.
+
+Each gevent server hands its connection over differently (see DESIGN.md):
+
+* ``gevent.pywsgi`` (and gunicorn's ``gevent_pywsgi`` worker): ``wsgi.input`` is the
+  raw buffered reader of the socket; a 101 sent through ``start_response`` is not
+  chunked. The connection must live inside the WSGI call.
+* gunicorn's ``gevent`` worker: the socket is ``environ["gunicorn.socket"]``; we
+  write the 101 ourselves and tell the worker the request was already handled.
+* gevent-websocket's handler: it has already answered 101 and put its own object
+  in ``environ["wsgi.websocket"]``; we take its socket and reader.
+
+A :class:`Transport` then offers the few byte-level operations the connection needs.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import gevent.socket
+
+__all__ = ["Transport", "TransportUnavailable", "detect", "SUPPORTED_SERVERS"]
+
+logger = logging.getLogger("wsmiddleware.transport")
+
+SUPPORTED_SERVERS = (
+    "gevent.pywsgi.WSGIServer, gunicorn -k gevent, gunicorn -k gevent_pywsgi, "
+    "gevent-websocket's WebSocketHandler / GeventWebSocketWorker"
+)
+
+RECV_SIZE = 65536
+
+try:  # gunicorn's async workers skip writing a response for this sentinel.
+    from gunicorn.workers.base_async import ALREADY_HANDLED as _GUNICORN_HANDLED
+except Exception:  # pragma: no cover - gunicorn is an optional extra
+    _GUNICORN_HANDLED = None
+
+
+class TransportUnavailable(Exception):
+    """The WSGI server cannot hand its socket over; the reason names the server."""
+
+
+class Transport:
+    """Byte-level access to an upgraded connection.
+
+    ``reader`` (a buffered reader of the socket, as pywsgi keeps one) is read first
+    so that no byte the server buffered is lost; ``pending`` holds bytes the server
+    read past the request head (gunicorn's parser).
+    """
+
+    __slots__ = ("sock", "_raw", "_read", "_pending", "_finish", "remote_addr", "closed")
+
+    def __init__(
+        self,
+        sock: Any,
+        *,
+        reader: io.BufferedReader | None = None,
+        pending: bytes = b"",
+        finish: Callable[[], Any] | None = None,
+        remote_addr: str | None = None,
+    ) -> None:
+        self.sock = sock
+        # gevent sockets wrap a non-blocking OS socket: writing to it directly lets
+        # a writer learn at once whether the kernel buffer is full, without waiting.
+        raw = getattr(sock, "_sock", None)
+        self._raw = raw if isinstance(sock, gevent.socket.socket) else None
+        self._read = reader.read1 if reader is not None else sock.recv
+        self._pending = pending
+        self._finish = finish
+        self.remote_addr = remote_addr
+        self.closed = False
+
+    def recv(self) -> bytes:
+        """The next bytes from the peer; ``b""`` at end of stream."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        return self._read(RECV_SIZE)
+
+    def try_send(self, data: bytes | memoryview) -> int:
+        """Write what the kernel takes now without waiting; return how many bytes."""
+        if self._raw is None:
+            return 0
+        try:
+            return self._raw.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        """Write everything, waiting cooperatively for the peer to read."""
+        self.sock.sendall(data)
+
+    def shutdown(self) -> None:
+        """End the TCP connection in both directions; the server closes the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def finish(self) -> Any:
+        """The WSGI return value that tells the server the connection is done."""
+        self.shutdown()
+        if self._finish is not None:
+            return self._finish()
+        return []
+
+
+def _socket_of_reader(reader: Any) -> Any:
+    raw = getattr(reader, "raw", None)
+    return getattr(raw, "_sock", None)
+
+
+def detect(environ: dict[str, Any]) -> str:
+    """Name the server kind of this request, or raise :class:`TransportUnavailable`."""
+    gws = environ.get("wsgi.websocket")
+    if gws is not None and getattr(getattr(gws, "stream", None), "handler", None) is not None:
+        return "gevent-websocket"
+    if "gunicorn.socket" in environ and "gunicorn.sock" not in environ:
+        sock = environ["gunicorn.socket"]
+        if not isinstance(sock, gevent.socket.socket):
+            raise TransportUnavailable(
+                "this gunicorn worker is not a gevent worker; WebSocket needs one of: " + SUPPORTED_SERVERS
+            )
+        return "gunicorn"
+    reader = environ.get("wsgi.input")
+    sock = environ.get("gunicorn.sock") or _socket_of_reader(reader)
+    if isinstance(reader, io.BufferedReader) and isinstance(sock, gevent.socket.socket):
+        return "pywsgi"
+    raise TransportUnavailable(
+        f"server {environ.get('SERVER_SOFTWARE', 'unknown')!r} cannot hand its socket over; "
+        "WebSocket needs one of: " + SUPPORTED_SERVERS
+    )
+
+
+def take_over(
+    kind: str,
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    headers: list[tuple[str, str]],
+) -> Transport:
+    """Send the 101 with ``headers`` (unless already sent) and return the transport."""
+    remote = environ.get("REMOTE_ADDR")
+    if kind == "gevent-websocket":
+        gws = environ["wsgi.websocket"]
+        handler = gws.stream.handler
+
+        def finish_gws() -> list[bytes]:
+            # Its handler closes "its" websocket after we return; we already did.
+            gws.closed = True
+            return []
+
+        return Transport(handler.socket, reader=handler.rfile, finish=finish_gws, remote_addr=remote)
+    if kind == "gunicorn":
+        sock = environ["gunicorn.socket"]
+        head = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        sock.sendall(head.encode("latin-1"))
+        # Bytes gunicorn's parser read past the request head are still in its buffer.
+        unreader = getattr(getattr(environ.get("wsgi.input"), "reader", None), "unreader", None)
+        pending = b""
+        if unreader is not None and hasattr(unreader, "take_buffered"):
+            pending = unreader.take_buffered()
+        elif unreader is not None and hasattr(unreader, "buf"):
+            pending = unreader.buf.getvalue()
+            unreader.buf = io.BytesIO()
+
+        def finish_gunicorn() -> Any:
+            if _GUNICORN_HANDLED is not None:
+                return _GUNICORN_HANDLED
+            raise StopIteration()
+
+        return Transport(sock, pending=pending, finish=finish_gunicorn, remote_addr=remote)
+    reader = environ["wsgi.input"]
+    sock = environ.get("gunicorn.sock") or _socket_of_reader(reader)
+    write = start_response("101 Switching Protocols", headers)
+    write(b"")
+    return Transport(sock, reader=reader, remote_addr=remote)
