@@ -1,0 +1,35 @@
+"""Fixtures: real servers on free loopback ports, started as child processes."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from .support import ServerProcess, start_server
+
+
+@pytest.fixture(scope="session")
+def pywsgi() -> ServerProcess:
+    server = start_server("pywsgi")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gunicorn_gevent() -> ServerProcess:
+    server = start_server("gunicorn")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=["pywsgi", "gunicorn"])
+def server(request, pywsgi, gunicorn_gevent) -> ServerProcess:
+    """The two main servers: each test using it runs against both."""
+    return pywsgi if request.param == "pywsgi" else gunicorn_gevent
+
+
+def events(server: ServerProcess, key: str) -> list:
+    with urllib.request.urlopen(f"{server.http}/events?id={key}", timeout=5) as response:
+        return json.loads(response.read())
