@@ -119,11 +119,19 @@ class Pinger(WS):
     def on_message(self, websocket, message):
         if message == "ping":
             waiter = websocket.ping()
+            websocket.spawn(self.report, websocket, waiter)
+        elif message == "wait-inline":
             try:
-                rtt = waiter.wait(2.0)
-                websocket.write(f"pong after {rtt:.6f}")
-            except ConnectionTimeout:
-                websocket.write("ping timeout")
+                websocket.ping().wait(1.0)
+            except RuntimeError as exc:
+                websocket.write(f"refused: {exc}")
+
+    def report(self, websocket, waiter):
+        try:
+            rtt = waiter.wait(2.0)
+            websocket.write(f"pong after {rtt:.6f}")
+        except ConnectionTimeout:
+            websocket.write("ping timeout")
 
 
 class Producer(WS):
@@ -166,9 +174,9 @@ def plain_app(environ, start_response):
     if request.path_info == "/events":
         with _lock:
             body = json.dumps(EVENTS.get(request.GET.get("id", ""), []))
-        return webob.Response(body, content_type="application/json")(environ, start_response)
+        return webob.Response(body.encode(), content_type="application/json")(environ, start_response)
     text = f"plain app: {request.method} {request.script_name}|{request.path_info} upgrade={request.headers.get('Upgrade')}"
-    return webob.Response(text, content_type="text/plain")(environ, start_response)
+    return webob.Response(text.encode(), content_type="text/plain")(environ, start_response)
 
 
 def make_application(app=plain_app, **options):

@@ -54,13 +54,14 @@ def live_connections() -> set[WebSocket]:
 class PingWaiter:
     """Waitable returned by :meth:`WebSocket.ping`; resolved by the matching pong."""
 
-    __slots__ = ("payload", "sent_at", "timeout", "_result")
+    __slots__ = ("payload", "sent_at", "timeout", "_result", "_reader")
 
-    def __init__(self, payload: bytes, timeout: float | None) -> None:
+    def __init__(self, payload: bytes, timeout: float | None, reader: Any = None) -> None:
         self.payload = payload
         self.sent_at = _monotonic()
         self.timeout = timeout
         self._result: AsyncResult = AsyncResult()
+        self._reader = reader
 
     def ready(self) -> bool:
         """Whether the pong arrived (or the connection closed)."""
@@ -75,6 +76,9 @@ class PingWaiter:
         """
         if timeout == -1.0:
             timeout = self.timeout
+        if self._reader is not None and gevent.getcurrent() is self._reader and not self._result.ready():
+            # The pong can only be read by this very greenlet: waiting here would deadlock.
+            raise RuntimeError("cannot wait for a pong inside a callback; wait in websocket.spawn(...) instead")
         try:
             return self._result.get(timeout=timeout)
         except gevent.Timeout:
@@ -102,7 +106,7 @@ class WebSocket:
         "protocol", "transport", "handler", "options", "request", "environ", "path",
         "url_vars", "subprotocol", "remote_addr", "state", "dropped",
         "_queue", "_queued", "_writer", "_eof_pending", "_close_timer", "_greenlets",
-        "_pings", "_ka_ping", "_last_recv", "_parts", "_decoder", "_done", "_closed_by_us",
+        "_pings", "_ka_ping", "_reader", "_last_recv", "_parts", "_decoder", "_done", "_closed_by_us",
         "__weakref__",
     )
 
@@ -138,6 +142,7 @@ class WebSocket:
         self._greenlets: set[gevent.Greenlet] | None = None
         self._pings: OrderedDict[bytes, PingWaiter] | None = None
         self._ka_ping: PingWaiter | None = None
+        self._reader: gevent.Greenlet | None = None
         self._last_recv = _monotonic()
         self._parts: list[Any] | None = None
         self._decoder: Any = None
@@ -233,7 +238,7 @@ class WebSocket:
             self._pings = OrderedDict()
         if payload in self._pings:
             raise ValueError("a ping with this payload is already waiting for its pong")
-        waiter = PingWaiter(payload, self.options.ping_timeout)
+        waiter = PingWaiter(payload, self.options.ping_timeout, self._reader)
         self._pings[payload] = waiter
         self.protocol.send_ping(payload)
         self._flush()
@@ -391,6 +396,7 @@ class WebSocket:
     def run(self) -> None:
         """Serve the connection until it ends: read, dispatch, then clean up."""
         _LIVE.add(self)
+        self._reader = gevent.getcurrent()
         keepalive = self.options.ping_interval is not None
         if keepalive:
             from .keepalive import keepalive_ticker
