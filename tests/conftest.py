@@ -33,3 +33,6 @@ def server(request, pywsgi, gunicorn_gevent) -> ServerProcess:
 def events(server: ServerProcess, key: str) -> list:
     with urllib.request.urlopen(f"{server.http}/events?id={key}", timeout=5) as response:
         return json.loads(response.read())
+
+
+from .redis_support import fresh_redis, redis_server  # noqa: E402,F401  (pub/sub tests: a real redis-server)

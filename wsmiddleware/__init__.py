@@ -6,6 +6,8 @@ path templates, and serve with ``gevent.pywsgi`` or ``gunicorn -k gevent``.
 
 from __future__ import annotations
 
+from .broadcast import broadcast
+from .client import ClientConnection, connect
 from .connection import PingWaiter, WebSocket
 from .exceptions import (
     ConnectionClosed,
@@ -15,13 +17,20 @@ from .exceptions import (
     PubSubError,
     WebSocketError,
 )
-from .handler import WS
+from .handler import WS, PubSubWS
 from .middleware import WebSocketMiddleware
 from .options import Options
+from .rpc import MessageError, MessageRouter
 
 __all__ = [
     "WebSocketMiddleware",
     "WS",
+    "PubSubWS",
+    "broadcast",
+    "connect",
+    "ClientConnection",
+    "MessageRouter",
+    "MessageError",
     "WebSocket",
     "PingWaiter",
     "Options",

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent import GreenletExit
 from gevent.event import AsyncResult
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
@@ -215,7 +216,8 @@ class WebSocket:
         if self._queued and self._queued >= self.options.send_queue_limit:
             if self._overflow():
                 return False
-        self._send(frame)
+        # Only bytes enter the queue whole: a memoryview there marks a partly sent frame.
+        self._send(frame if type(frame) is bytes else bytes(frame))
         return True
 
     def ping(self, payload: bytes | str | None = None) -> PingWaiter:
@@ -258,7 +260,9 @@ class WebSocket:
 
         Returns at once: ``on_close`` runs when the peer answers or the time runs out.
         """
-        if self._done or self.protocol.state is not _OPEN:
+        # close_sent is set while the read loop lets callbacks answer what arrived
+        # before the peer's close (see _dispatch_before_close): one close frame only.
+        if self._done or self.protocol.state is not _OPEN or self.protocol.close_sent is not None:
             return
         self._closed_by_us = True
         self.protocol.send_close(code, reason)
@@ -300,8 +304,16 @@ class WebSocket:
             self.dropped += 1
             return True
         logger.warning("%r: send queue over %d bytes, closing slow consumer", self, self.options.send_queue_limit)
+        # Frames still waiting are moot for a reader being closed: dropping them
+        # frees the memory now and lets the close frame follow what is already on
+        # its way (it gets close_timeout for that). A memoryview at the head is
+        # the rest of a frame the socket took in part: it must go out whole.
+        queue = self._queue
+        keep = 1 if queue and type(queue[0]) is memoryview else 0
+        for chunk in queue[keep:]:
+            self._queued -= len(chunk)
+        del queue[keep:]
         self.close(1008, "send queue overflow: client too slow")
-        # The close frame sits behind the backlog; it gets close_timeout to drain.
         return True
 
     def _flush(self) -> None:
@@ -345,8 +357,12 @@ class WebSocket:
         try:
             while self._queue and not transport.closed:
                 queue, self._queue = self._queue, []
-                self._queued = 0
-                transport.sendall(queue[0] if len(queue) == 1 else b"".join(queue))
+                data = queue[0] if len(queue) == 1 else b"".join(queue)
+                # The batch in flight counts against send_queue_limit until the
+                # peer has taken it: a reader that never reads holds one limit's
+                # worth of memory, not two.
+                transport.sendall(data)
+                self._queued -= len(data)
         except OSError:
             self._queue, self._queued = [], 0
             self._abort()
@@ -402,34 +418,81 @@ class WebSocket:
             from .keepalive import keepalive_ticker
 
             keepalive_ticker.add(self)
-        protocol = self.protocol
-        transport = self.transport
         try:
-            self._call(self.handler.on_open)
-            while True:
+            try:
+                self._call(self.handler.on_open)
+                self._read_loop()
+            except GreenletExit:
+                # The server kills connection greenlets when it stops (pywsgi's stop(),
+                # gunicorn after its graceful timeout): tell the peer why, and let it
+                # answer within close_timeout unless we are killed again.
+                if self._done or self.protocol.state is not _OPEN:
+                    raise
+                self.close(1001, "server shutting down")
                 try:
-                    data = transport.recv()
-                except OSError:
-                    data = b""
-                if data:
-                    self._last_recv = _monotonic()
-                    protocol.receive_data(data)
-                else:
-                    protocol.receive_eof()
-                events = protocol.events_received()
-                self._flush()
-                for event in events:
-                    self._dispatch(event)
-                if not data or protocol.state is _CLOSED:
-                    break
-                if protocol.state is not _OPEN:
-                    self._start_close_timer()
+                    self._read_loop()
+                except GreenletExit:
+                    pass
+                raise
         finally:
             if keepalive:
                 from .keepalive import keepalive_ticker
 
                 keepalive_ticker.discard(self)
             self._finish()
+
+    def _read_loop(self) -> None:
+        protocol = self.protocol
+        transport = self.transport
+        while True:
+            try:
+                data = transport.recv()
+            except OSError:
+                data = b""
+            was_open = protocol.state is _OPEN
+            if data:
+                self._last_recv = _monotonic()
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+            events = protocol.events_received()
+            if data and was_open and events and protocol.state is not _OPEN:
+                self._dispatch_before_close(events)
+            else:
+                self._flush()
+                for event in events:
+                    self._dispatch(event)
+            if not data or protocol.state is _CLOSED:
+                return
+            if protocol.state is not _OPEN:
+                self._start_close_timer()
+
+    def _dispatch_before_close(self, events: list[Frame]) -> None:
+        """Dispatch frames that arrived in the same read as the end of the connection.
+
+        The peer's close frame (or a frame that fails the connection) was parsed
+        together with earlier messages, and the protocol has already queued its
+        close frame. Those earlier messages came first: their callbacks run as if
+        they had arrived alone, with the connection still open, and what they
+        write goes out before the close frame.
+        """
+        protocol = self.protocol
+        held = protocol.data_to_send()
+        closing = protocol.state
+        protocol.state = _OPEN
+        try:
+            for event in events:
+                self._dispatch(event)
+                if protocol.state is not _OPEN:
+                    # The callback side failed the connection itself (invalid UTF-8)
+                    # and sent that close frame; only the end of stream remains.
+                    held = [chunk for chunk in held if not chunk]
+                    break
+        finally:
+            if protocol.state is _OPEN:
+                protocol.state = closing
+        protocol.writes.extend(held)
+        self._flush()
 
     def _finish(self) -> None:
         self._done = True

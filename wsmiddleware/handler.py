@@ -8,15 +8,21 @@ fresh instance per connection, so per-connection data may live on ``self``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from .exceptions import ConnectionClosed, PubSubError
 
 if TYPE_CHECKING:  # pragma: no cover
     import webob
 
     from .connection import WebSocket
+    from .pubsub.base import Message, PubSub
 
-__all__ = ["WS"]
+__all__ = ["WS", "PubSubWS"]
+
+logger = logging.getLogger("wsmiddleware.handler")
 
 
 class WS:
@@ -56,3 +62,139 @@ class WS:
 
     def on_close(self, websocket: WebSocket) -> None:
         """The connection ended; called exactly once, with ``websocket.close_code`` set."""
+
+
+#: Where PubSubWS keeps ``(channel, subscriber)`` in ``websocket.state``.
+_PUBSUB_STATE = "wsmiddleware.pubsub"
+
+
+class PubSubWS(WS):
+    """Every connection subscribes to a channel; what a client sends is published to it.
+
+    ``channel`` is a name (``"lobby"``), a template filled from the route's
+    ``url_vars`` (``"room:{room}"`` on ``/ws/chat/{room}``), or a callable
+    ``channel(websocket) -> str``. The channel is always subscribed to
+    literally, never as a pattern, so a room named ``*`` is just that room.
+    Text stays text and bytes stay bytes.
+
+    ``echo``: whether the sender gets its own messages back (default: yes, it
+    is a subscriber of the channel like the others).
+
+    Hooks, given as arguments or overridden in a subclass, each returning the
+    message (possibly changed) or ``None`` to drop it:
+
+    * ``before_publish(websocket, channel, message)``: runs in the sender's
+      connection, before publishing (authorise, validate, rewrite);
+    * ``before_deliver(websocket, channel, message)``: runs once per
+      recipient, before the write (filter per user, personalise). Without it,
+      a message is encoded once for all recipients.
+
+    A hook that raises closes that connection with 1011. A publish that fails
+    (Redis down) goes to :meth:`publish_failed`, which logs it; the connection
+    stays open. Subclasses overriding ``on_open``/``on_close`` must call
+    ``super()``.
+    """
+
+    def __init__(
+        self,
+        pubsub: PubSub,
+        channel: str | Callable[[WebSocket], str],
+        *,
+        echo: bool = True,
+        before_publish: Callable[[WebSocket, str, Message], Message | None] | None = None,
+        before_deliver: Callable[[WebSocket, str, Message], Message | None] | None = None,
+    ) -> None:
+        self.pubsub = pubsub
+        self.channel = channel
+        self.echo = echo
+        if before_publish is not None:
+            self.before_publish = before_publish  # type: ignore[method-assign]
+        if before_deliver is not None:
+            self.before_deliver = before_deliver  # type: ignore[method-assign]
+
+    def channel_for(self, websocket: WebSocket) -> str:
+        """The channel of ``websocket``, from the ``channel`` argument."""
+        spec = self.channel
+        if callable(spec):
+            name = spec(websocket)
+        elif "{" in spec:
+            name = spec.format_map(websocket.url_vars)
+        else:
+            name = spec
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"channel for {websocket!r} must be a non-empty str, not {name!r}")
+        return name
+
+    def before_publish(self, websocket: WebSocket, channel: str, message: Message) -> Message | None:
+        """Vet what a client sent before it is published; ``None`` drops it."""
+        return message
+
+    def before_deliver(self, websocket: WebSocket, channel: str, message: Message) -> Message | None:
+        """Vet a message before it is written to ``websocket``; ``None`` drops it."""
+        return message
+
+    def publish_failed(self, websocket: WebSocket, message: Message, error: PubSubError) -> None:
+        """A client's message could not be published; the default logs a warning."""
+        logger.warning("%r: message not published: %s", websocket, error)
+
+    def on_open(self, websocket: WebSocket) -> None:
+        channel = self.channel_for(websocket)
+        filtered = "before_deliver" in self.__dict__ or type(self).before_deliver is not PubSubWS.before_deliver
+        subscriber: Any = _FilteredDelivery(self, websocket) if filtered else websocket
+        websocket.state[_PUBSUB_STATE] = (channel, subscriber)
+        self.pubsub.subscribe(channel, subscriber, pattern=False)
+
+    def on_message(self, websocket: WebSocket, message: str) -> None:
+        self._publish(websocket, message)
+
+    def on_bytes(self, websocket: WebSocket, data: bytes) -> None:
+        self._publish(websocket, data)
+
+    def on_close(self, websocket: WebSocket) -> None:
+        entry = websocket.state.pop(_PUBSUB_STATE, None)
+        if entry is not None:
+            channel, subscriber = entry
+            self.pubsub.unsubscribe(channel, subscriber, pattern=False)
+
+    def _publish(self, websocket: WebSocket, message: Message) -> None:
+        entry = websocket.state.get(_PUBSUB_STATE)
+        if entry is None:
+            return
+        channel, subscriber = entry
+        vetted = self.before_publish(websocket, channel, message)
+        if vetted is None:
+            return
+        try:
+            self.pubsub.publish(channel, vetted, sender=None if self.echo else subscriber)
+        except PubSubError as exc:
+            self.publish_failed(websocket, vetted, exc)
+
+
+class _FilteredDelivery:
+    """The subscriber standing for a websocket when ``before_deliver`` applies."""
+
+    __slots__ = ("handler", "websocket")
+
+    def __init__(self, handler: PubSubWS, websocket: WebSocket) -> None:
+        self.handler = handler
+        self.websocket = websocket
+
+    def __repr__(self) -> str:
+        return f"<delivery to {self.websocket!r}>"
+
+    def __call__(self, channel: str, message: Message) -> None:
+        websocket = self.websocket
+        if websocket.closed:
+            return
+        try:
+            vetted = self.handler.before_deliver(websocket, channel, message)
+        except Exception:
+            logger.exception("%s.before_deliver raised; closing %r with 1011", type(self.handler).__name__, websocket)
+            websocket.close(1011, "internal error")
+            return
+        if vetted is None:
+            return
+        try:
+            websocket.write(vetted)
+        except ConnectionClosed:
+            pass

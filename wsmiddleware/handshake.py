@@ -97,7 +97,10 @@ def check_origin(request: webob.Request, allowed_origins: tuple[str, ...] | None
         if "*" in allowed_origins or origin in allowed_origins:
             return
         raise HandshakeError(f"origin {origin!r} is not allowed", 403)
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # e.g. "http://[zz]": urlsplit validates bracketed hosts
+        raise HandshakeError(f"malformed origin {origin!r} is not allowed", 403) from None
     host = request.environ.get("HTTP_HOST", "")
     if parts.scheme and parts.netloc and host:
         if _host_port(parts.netloc, parts.scheme) == _host_port(host, parts.scheme):
@@ -134,6 +137,11 @@ class WSGIServerProtocol(ServerProtocol):
         if frame.opcode is Opcode.PING:
             self.events.append(frame)
             return
+        if frame.opcode is Opcode.CLOSE and self.current_size is not None:
+            # Control frames may interleave a fragmented message (RFC 6455 5.4), the
+            # close frame too: the unfinished message is dropped and the closing
+            # handshake proceeds normally instead of failing with 1002 (Autobahn 7.1.5).
+            self.current_size = None
         super().recv_frame(frame)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import webob
 import webob.exc
 
-from . import handshake, transport
+from . import handshake, shutdown, transport
 from .connection import WebSocket, _LIVE
 from .exceptions import HandshakeError
 from .handler import WS
@@ -95,6 +95,7 @@ class WebSocketMiddleware:
         try:
             key = "" if already_upgraded else handshake.validate(request)
             handshake.check_origin(request, options.allowed_origins)
+            shutdown.admit()
             if options.max_connections is not None and len(_LIVE) >= options.max_connections:
                 raise HandshakeError("too many WebSocket connections, try again later", 503, [("Retry-After", "5")])
             handler = route.handler() if isinstance(route.handler, type) else route.handler

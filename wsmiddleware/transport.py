@@ -18,10 +18,13 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 import gevent.socket
+import gevent.ssl
 
 __all__ = ["Transport", "TransportUnavailable", "detect", "SUPPORTED_SERVERS"]
 
@@ -33,6 +36,19 @@ SUPPORTED_SERVERS = (
 )
 
 RECV_SIZE = 65536
+#: Bytes one read may take from the kernel; big reads mean fewer calls for big messages.
+READ_BUFFER_SIZE = 262144
+
+#: One read buffer per gevent hub (thread), shared by its connections; see Transport.recv.
+_read_buffers: weakref.WeakKeyDictionary[Any, memoryview] = weakref.WeakKeyDictionary()
+
+
+def _read_buffer() -> memoryview:
+    hub = gevent.get_hub()
+    buffer = _read_buffers.get(hub)
+    if buffer is None:
+        buffer = _read_buffers[hub] = memoryview(bytearray(READ_BUFFER_SIZE))
+    return buffer
 
 try:  # gunicorn's async workers skip writing a response for this sentinel.
     from gunicorn.workers.base_async import ALREADY_HANDLED as _GUNICORN_HANDLED
@@ -52,7 +68,7 @@ class Transport:
     read past the request head (gunicorn's parser).
     """
 
-    __slots__ = ("sock", "_raw", "_read", "_pending", "_finish", "remote_addr", "closed")
+    __slots__ = ("sock", "_raw", "_read", "_recv_into", "_buffer", "_pending", "_finish", "remote_addr", "closed")
 
     def __init__(
         self,
@@ -66,20 +82,38 @@ class Transport:
         self.sock = sock
         # gevent sockets wrap a non-blocking OS socket: writing to it directly lets
         # a writer learn at once whether the kernel buffer is full, without waiting.
+        # Not under TLS: the OS socket below an SSLSocket would get clear text.
         raw = getattr(sock, "_sock", None)
-        self._raw = raw if isinstance(sock, gevent.socket.socket) else None
-        self._read = reader.read1 if reader is not None else sock.recv
+        plain = isinstance(sock, gevent.socket.socket) and not isinstance(sock, gevent.ssl.SSLSocket)
+        self._raw = raw if plain else None
+        self._read = None
+        if reader is not None:
+            buffered, drained = _take_buffered(reader, sock)
+            pending = pending + buffered
+            if not drained:
+                self._read = reader.read1
+        # Reading into a buffer shared per thread instead of letting each waiting
+        # read allocate its own: an idle connection then holds no read buffer at all.
+        self._recv_into = sock.recv_into
+        self._buffer = _read_buffer()
         self._pending = pending
         self._finish = finish
         self.remote_addr = remote_addr
         self.closed = False
 
-    def recv(self) -> bytes:
-        """The next bytes from the peer; ``b""`` at end of stream."""
+    def recv(self) -> bytes | memoryview:
+        """The next bytes from the peer; empty at end of stream.
+
+        The result may be a view of a buffer that the next ``recv`` of any
+        connection of this thread overwrites: consume it before doing I/O.
+        """
         if self._pending:
             data, self._pending = self._pending, b""
             return data
-        return self._read(RECV_SIZE)
+        if self._read is not None:
+            return self._read(RECV_SIZE)
+        buffer = self._buffer
+        return buffer[: self._recv_into(buffer)]
 
     def try_send(self, data: bytes | memoryview) -> int:
         """Write what the kernel takes now without waiting; return how many bytes."""
@@ -110,6 +144,28 @@ class Transport:
         if self._finish is not None:
             return self._finish()
         return []
+
+
+def _take_buffered(reader: io.BufferedReader, sock: Any) -> tuple[bytes, bool]:
+    """Bytes ``reader`` holds beyond the request head, read without waiting.
+
+    Returns them and whether the reader is now empty, so that the socket can be
+    read directly from then on. A non-blocking read of an empty reader gives b"".
+    """
+    chunks = []
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        for _ in range(16):
+            chunk = reader.read1(RECV_SIZE)
+            chunks.append(chunk)
+            if len(chunk) < RECV_SIZE:
+                return b"".join(chunks), True
+    except OSError:
+        return b"".join(chunks), False
+    finally:
+        sock.settimeout(timeout)
+    return b"".join(chunks), False
 
 
 def _socket_of_reader(reader: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Runnable examples; importable so that gunicorn can load ``examples.NAME:application``."""

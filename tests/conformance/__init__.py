@@ -1,0 +1,1 @@
+"""Autobahn-testsuite case categories, reproduced with our own raw-frame client."""

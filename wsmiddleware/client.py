@@ -1,0 +1,404 @@
+"""A gevent WebSocket client on the same engine as the server side.
+
+The opening handshake is built and checked by the ``websockets`` sans-I/O
+client; the open connection is the very :class:`~wsmiddleware.WebSocket` the
+server hands its callbacks, with its read loop in a greenlet. So a :class:`WS`
+handler works unchanged on either end, and without a handler the connection
+offers a blocking ``receive()`` fed by a small built-in handler.
+
+Everything here is cooperative: it makes progress while the calling code waits
+in gevent (``receive``, ``wait_closed``, ``gevent.sleep``, or any I/O of a
+monkey-patched process). A plain ``time.sleep`` in an unpatched process stalls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl as _ssl
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal, NoReturn
+
+import gevent
+import gevent.queue
+import gevent.socket
+import gevent.ssl
+from websockets.client import ClientProtocol as _SansIOClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from .connection import PingWaiter, WebSocket
+from .exceptions import ConnectionClosed, ConnectionRejected, ConnectionTimeout
+from .handler import WS
+from .options import Options
+from .transport import RECV_SIZE, Transport
+
+__all__ = ["connect", "ClientConnection", "ClientProtocol"]
+
+logger = logging.getLogger("wsmiddleware.client")
+
+#: Largest HTTP response head accepted during the opening handshake.
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class ClientProtocol(_SansIOClientProtocol):
+    """``websockets``' client protocol, leaving pings to the handler's ``on_ping``.
+
+    Same contract as the server side: the default ``WS.on_ping`` answers, and an
+    override may choose not to.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.PING:
+            self.events.append(frame)
+            return
+        super().recv_frame(frame)
+
+
+class _Inbox(WS):
+    """The handler of a connection opened without one: queues what arrives."""
+
+    def __init__(self, max_queue: int | None) -> None:
+        self.queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=max_queue)
+        self.discarding = False
+
+    def on_message(self, websocket: WebSocket, message: str) -> None:
+        if not self.discarding:
+            # A full queue blocks the read loop: TCP back-pressure on the sender.
+            self.queue.put(message)
+
+    on_bytes = on_message  # type: ignore[assignment]
+
+    def on_close(self, websocket: WebSocket) -> None:
+        # Wake a receiver blocked on an empty queue; a full one wakes it anyway.
+        try:
+            self.queue.put_nowait(_CLOSED)
+        except gevent.queue.Full:
+            pass
+
+    def discard(self) -> None:
+        """Drop what is queued so that a read loop blocked on a full queue can end."""
+        self.discarding = True
+        while True:
+            try:
+                self.queue.get_nowait()
+            except gevent.queue.Empty:
+                return
+
+
+_CLOSED = object()
+
+
+class ClientConnection:
+    """An open client connection, returned by :func:`connect`.
+
+    ``websocket`` is the engine's :class:`~wsmiddleware.WebSocket` (the object a
+    handler's callbacks receive); the common parts of its API are repeated here.
+    Use as a context manager to close the connection on the way out.
+    """
+
+    def __init__(self, websocket: WebSocket, response: Response, inbox: _Inbox | None) -> None:
+        self.websocket = websocket
+        #: The server's ``101`` answer (``status_code``, ``headers``).
+        self.response = response
+        self._inbox = inbox
+        self._greenlet: gevent.Greenlet = gevent.spawn(websocket.run)
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.websocket!r}>"
+
+    # -- the websocket's API ----------------------------------------------------
+
+    def write(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send a text (``str``) or binary message; raises ConnectionClosed once closed."""
+        self.websocket.write(message)
+
+    send = write
+
+    def ping(self, payload: bytes | str | None = None) -> PingWaiter:
+        """Send a ping; ``.wait()`` on the result gives the round trip in seconds."""
+        return self.websocket.ping(payload)
+
+    def pong(self, payload: bytes | str = b"") -> None:
+        """Send an unsolicited pong (a one-way heartbeat)."""
+        self.websocket.pong(payload)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake and return; see :meth:`wait_closed`."""
+        self.websocket.close(code, reason)
+
+    @property
+    def closed(self) -> bool:
+        """True once the closing handshake started or the connection ended."""
+        return self.websocket.closed
+
+    @property
+    def close_code(self) -> int | None:
+        return self.websocket.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.websocket.close_reason
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server picked, or ``None``."""
+        return self.websocket.subprotocol
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Per-connection data, as on the server side."""
+        return self.websocket.state
+
+    @property
+    def response_headers(self) -> list[tuple[str, str]]:
+        """The headers of the server's ``101`` answer."""
+        return list(self.response.headers.raw_items())
+
+    # -- waiting ----------------------------------------------------------------
+
+    def receive(self, timeout: float | None = None) -> str | bytes:
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        Raises :class:`ConnectionTimeout` after ``timeout`` seconds and
+        :class:`ConnectionClosed` (with the close code) once the connection is
+        closed and every message that arrived before has been received.
+        """
+        inbox = self._inbox
+        if inbox is None:
+            raise TypeError("receive() is for connections opened without a handler; the handler gets the messages")
+        if self._greenlet.dead and inbox.queue.empty():
+            raise self._closed_error()
+        try:
+            item = inbox.queue.get(timeout=timeout)
+        except gevent.queue.Empty:
+            raise ConnectionTimeout(f"no message within {timeout} s") from None
+        if item is _CLOSED:
+            # Leave the marker for the next caller: closed stays closed.
+            inbox.queue.put_nowait(_CLOSED)
+            raise self._closed_error()
+        return item
+
+    recv = receive
+
+    def __iter__(self) -> Iterator[str | bytes]:
+        """Messages until the connection closes; a close other than 1000/1001 raises."""
+        while True:
+            try:
+                yield self.receive()
+            except ConnectionClosed as exc:
+                if exc.code in (1000, 1001):
+                    return
+                raise
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until the connection has ended (``on_close`` ran); False on timeout."""
+        self._greenlet.join(timeout=timeout)
+        return self._greenlet.dead
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(self.close_code or 1006, self.close_reason or "")
+
+    def __enter__(self) -> ClientConnection:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+        if self._inbox is not None:
+            self._inbox.discard()
+        if not self.wait_closed(self.websocket.options.close_timeout + 1.0):
+            # The close timer aborts the TCP connection; this only guards a stuck callback.
+            self._greenlet.kill(block=True, timeout=1.0)
+
+
+def _extensions(compression: str | None) -> list[ClientPerMessageDeflateFactory] | None:
+    if compression is None:
+        return None
+    if compression != "deflate":
+        raise ValueError("compression must be 'deflate' or None")
+    # memLevel 5 keeps a compressor near 64 KiB instead of zlib's ~320 KiB default.
+    return [ClientPerMessageDeflateFactory(client_max_window_bits=True, compress_settings={"memLevel": 5})]
+
+
+def _header_items(headers: Mapping[str, str] | Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return list(headers)
+
+
+def _open_socket(host: str, port: int, secure: bool, ssl_context: Any, server_hostname: str | None,
+                 timeout: float | None) -> Any:
+    sock = gevent.socket.create_connection((host, port), timeout=timeout)
+    try:
+        # Small request/response messages must not wait for Nagle's delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if secure:
+            context = ssl_context if isinstance(ssl_context, _ssl.SSLContext) else gevent.ssl.create_default_context()
+            # gevent's SSLSocket works with a standard-library context too, and waits cooperatively.
+            sock = gevent.ssl.SSLSocket(sock=sock, server_hostname=server_hostname or host, _context=context)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _read_response(sock: Any, protocol: ClientProtocol) -> tuple[Response | None, bytes]:
+    """Read the server's answer; return it and the bytes that came after its head.
+
+    Only the head of a ``101`` goes through the protocol's parser: the bytes after
+    it are frames the connection's read loop must see, in order.
+    """
+    buffer = b""
+    head_fed = False
+    while True:
+        chunk = sock.recv(RECV_SIZE)
+        if not chunk:
+            protocol.receive_eof()
+        elif head_fed:
+            protocol.receive_data(chunk)  # the body of a rejection
+        else:
+            buffer += chunk
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_RESPONSE_HEAD:
+                    protocol.receive_data(buffer)  # lets the parser report "line too long"
+                    protocol.receive_eof()
+                    return None, b""
+                continue
+            head, rest = buffer[: end + 4], buffer[end + 4 :]
+            protocol.receive_data(head)
+            head_fed = True
+            events = protocol.events_received()
+            if events:
+                return events[0], rest  # type: ignore[return-value]
+            protocol.receive_data(rest)
+        events = protocol.events_received()
+        if events:
+            return events[0], b""  # type: ignore[return-value]
+        if not chunk or protocol.handshake_exc is not None:
+            return None, b""
+
+
+def connect(
+    url: str,
+    handler: WS | type[WS] | None = None,
+    *,
+    subprotocols: Sequence[str] | None = None,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    origin: str | None = None,
+    compression: Literal["deflate"] | None = "deflate",
+    open_timeout: float | None = 10.0,
+    close_timeout: float = 5.0,
+    max_message_size: int | None = 2**20,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = 20.0,
+    send_queue_limit: int = 4 * 2**20,
+    max_queue: int | None = 64,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> ClientConnection:
+    """Open a WebSocket connection to ``url`` (``ws://`` or ``wss://``).
+
+    With a ``handler`` (a :class:`WS` instance, or a subclass to instantiate),
+    its callbacks run in the connection's read greenlet exactly as on the server.
+    Without one, read messages with :meth:`ClientConnection.receive` or by
+    iterating. ``max_queue`` bounds the messages held for ``receive``; beyond it
+    reading pauses, which slows the server down instead of growing memory.
+
+    ``ssl`` is an ``ssl.SSLContext`` for ``wss://`` (default: the system's
+    trusted CAs). ``open_timeout`` covers TCP connect, TLS and the handshake.
+    Raises :class:`ConnectionRejected` for any answer but a valid ``101``,
+    :class:`ConnectionTimeout` when ``open_timeout`` passes, ``OSError`` when the
+    server cannot be reached.
+    """
+    try:
+        uri = parse_uri(url)
+    except InvalidURI as exc:
+        raise ValueError(f"not a WebSocket URL: {url!r} ({exc})") from None
+    if max_queue is not None and max_queue < 1:
+        raise ValueError("max_queue must be None (unbounded) or at least 1")
+    options = Options().merged({
+        "compression": compression,
+        "close_timeout": close_timeout,
+        "max_message_size": max_message_size,
+        "ping_interval": ping_interval,
+        "ping_timeout": ping_timeout,
+        "send_queue_limit": send_queue_limit,
+    })
+    protocol = ClientProtocol(
+        uri,
+        origin=origin,  # type: ignore[arg-type]
+        extensions=_extensions(compression),
+        subprotocols=list(subprotocols) if subprotocols else None,  # type: ignore[arg-type]
+        max_size=max_message_size,
+        logger=logging.getLogger("wsmiddleware.protocol"),
+    )
+    # The handler exists before any socket does: a failing constructor leaks nothing.
+    inbox: _Inbox | None = None
+    target: WS
+    if handler is None:
+        target = inbox = _Inbox(max_queue)
+    elif isinstance(handler, type):
+        target = handler()
+    else:
+        target = handler
+    request = protocol.connect()
+    for name, value in _header_items(headers):
+        request.headers[name] = value
+    protocol.send_request(request)
+
+    sock = None
+    timer = gevent.Timeout(open_timeout) if open_timeout is not None else None
+    if timer is not None:
+        timer.start()
+    try:
+        sock = _open_socket(uri.host, uri.port, uri.secure, ssl, server_hostname, open_timeout)
+        sock.sendall(b"".join(protocol.data_to_send()))
+        response, rest = _read_response(sock, protocol)
+    except (gevent.Timeout, TimeoutError) as exc:
+        # The socket's own timeout (same length) may fire before the overall one.
+        if isinstance(exc, gevent.Timeout) and exc is not timer:
+            raise
+        if sock is not None:
+            sock.close()
+        raise ConnectionTimeout(f"opening handshake with {uri.host}:{uri.port} took over {open_timeout} s") from None
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    finally:
+        if timer is not None:
+            timer.close()
+
+    if response is None or protocol.state is not State.OPEN:
+        sock.close()
+        _raise_rejected(response, protocol.handshake_exc, uri.host, uri.port)
+    sock.settimeout(None)
+    try:
+        peer = sock.getpeername()[0]
+    except OSError:
+        peer = uri.host
+    transport = Transport(sock, pending=rest, remote_addr=peer)
+    websocket = WebSocket(transport, protocol, target, options, subprotocol=protocol.subprotocol)
+    websocket.path = uri.resource_name
+    logger.debug("connected to %s (subprotocol %s)", url, protocol.subprotocol)
+    return ClientConnection(websocket, response, inbox)
+
+
+def _raise_rejected(response: Response | None, exc: Exception | None, host: str, port: int) -> NoReturn:
+    if response is None:
+        raise ConnectionClosed(1006, f"no valid HTTP answer to the opening handshake from {host}:{port}: {exc}") from exc
+    headers = list(response.headers.raw_items())
+    body = bytes(response.body or b"")
+    error = ConnectionRejected(response.status_code, headers, body)
+    if not isinstance(exc, InvalidStatus) and isinstance(exc, InvalidHandshake):
+        # A 101 the client cannot accept (wrong accept key, unknown extension...).
+        error.args = (f"invalid WebSocket handshake answer from {host}:{port}: {exc}",)
+    raise error from exc
+

@@ -1,0 +1,233 @@
+"""The pub/sub interface every backend implements, and the local fan-out they share.
+
+Vocabulary:
+
+* A **channel** is a non-empty ``str``. A subscription is either to an exact
+  channel name or to a **pattern**: an fnmatch-style glob (``*``, ``?``,
+  ``[seq]``, ``[!seq]``, case-sensitive) such as ``"room:*"``. By default a name
+  containing ``*``, ``?`` or ``[`` is a pattern; pass ``pattern=False`` to
+  subscribe to such a name literally (``PubSubWS`` always does, so that a
+  client cannot turn its room name into a wildcard).
+* A **message** is ``str`` (delivered as a WebSocket text message) or ``bytes``
+  (binary); backends keep the type end to end.
+* A **subscriber** (the ``client`` argument) is either a
+  :class:`~wsmiddleware.connection.WebSocket`, which gets each message written
+  to it (all WebSocket subscribers of one message share one encoded frame, see
+  :func:`~wsmiddleware.broadcast.broadcast`), or any hashable callable
+  ``client(channel, message)``. Callables run in the publisher's greenlet
+  (memory) or the backend's reader greenlet (Redis): they must not block, and
+  one that raises is logged without affecting the other subscribers.
+
+A subscriber subscribed through several matching subscriptions (an exact name
+and a pattern) receives a message once per matching subscription, as Redis does.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
+from typing import Any
+
+from ..broadcast import broadcast
+from ..connection import WebSocket
+
+__all__ = ["PubSub", "Subscriber", "Message", "Subscriptions", "is_pattern", "check_message", "deliver"]
+
+logger = logging.getLogger("wsmiddleware.pubsub")
+
+Message = str | bytes
+#: A ``WebSocket`` or a callable ``(channel, message)``; see the module docstring.
+Subscriber = WebSocket | Callable[[str, Message], Any]
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def is_pattern(channel: str) -> bool:
+    """Whether ``channel`` reads as a glob pattern (contains ``*``, ``?`` or ``[``)."""
+    return not _GLOB_CHARS.isdisjoint(channel)
+
+
+def check_channel(channel: str) -> str:
+    if type(channel) is not str or not channel:
+        raise TypeError(f"a channel is a non-empty str, not {channel!r}")
+    return channel
+
+
+def check_message(message: Any) -> Message:
+    """Return ``message`` as ``str`` or ``bytes``; anything else is a ``TypeError``."""
+    kind = type(message)
+    if kind is str or kind is bytes:
+        return message
+    if isinstance(message, (bytearray, memoryview)):
+        return bytes(message)
+    if isinstance(message, str):
+        return str(message)
+    if isinstance(message, bytes):
+        return bytes(message)
+    raise TypeError(f"a pub/sub message is str (text) or bytes (binary), not {kind.__name__}")
+
+
+def deliver(clients: Iterable[Subscriber], channel: str, message: Message, exclude: Any = None) -> int:
+    """Hand ``message`` to each client but ``exclude``; return how many took it.
+
+    WebSocket subscribers are gathered and written with one :func:`broadcast`,
+    which encodes the frame once and never waits for a slow reader.
+    """
+    websockets: list[WebSocket] = []
+    count = 0
+    for client in clients:
+        if exclude is not None and client == exclude:
+            continue
+        if isinstance(client, WebSocket):
+            websockets.append(client)
+            continue
+        try:
+            client(channel, message)
+            count += 1
+        except Exception:
+            logger.exception("pub/sub subscriber %r raised on a message for %r", client, channel)
+    if websockets:
+        count += broadcast(websockets, message)
+    return count
+
+
+class Subscriptions:
+    """Who is subscribed to what in this process.
+
+    Keys are ``(is_pattern, name)``; each maps to an insertion-ordered set of
+    subscribers. ``add``/``remove`` report when a key gains its first or loses
+    its last subscriber, which is when a backend must tell its broker. Exact
+    names and patterns live apart so that publishing costs one lookup plus one
+    match per pattern, however many exact channels there are.
+    """
+
+    __slots__ = ("_tables", "_per_client", "count")
+
+    def __init__(self) -> None:
+        # _tables[False]: exact channel names; _tables[True]: patterns.
+        self._tables: tuple[dict[str, dict[Subscriber, None]], dict[str, dict[Subscriber, None]]] = ({}, {})
+        self._per_client: dict[Subscriber, int] = {}
+        self.count = 0
+
+    def add(self, key: tuple[bool, str], client: Subscriber) -> bool:
+        """Subscribe; True if ``key`` had no subscriber before."""
+        table = self._tables[key[0]]
+        clients = table.get(key[1])
+        new_key = clients is None
+        if clients is None:
+            clients = table[key[1]] = {}
+        elif client in clients:
+            return False
+        clients[client] = None
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        self.count += 1
+        return new_key
+
+    def remove(self, key: tuple[bool, str], client: Subscriber) -> bool:
+        """Unsubscribe (a no-op if not subscribed); True if ``key`` has no subscriber left."""
+        table = self._tables[key[0]]
+        clients = table.get(key[1])
+        if clients is None or client not in clients:
+            return False
+        del clients[client]
+        left = self._per_client[client] - 1
+        if left:
+            self._per_client[client] = left
+        else:
+            del self._per_client[client]
+        self.count -= 1
+        if clients:
+            return False
+        del table[key[1]]
+        return True
+
+    def __contains__(self, key: tuple[bool, str]) -> bool:
+        return key[1] in self._tables[key[0]]
+
+    def keys(self) -> list[tuple[bool, str]]:
+        return [(False, name) for name in self._tables[0]] + [(True, name) for name in self._tables[1]]
+
+    def subscribed(self, client: Subscriber) -> bool:
+        """Whether ``client`` has any subscription."""
+        return client in self._per_client
+
+    def of(self, key: tuple[bool, str]) -> list[Subscriber]:
+        """A snapshot of the subscribers of one key (callbacks may unsubscribe meanwhile)."""
+        clients = self._tables[key[0]].get(key[1])
+        return list(clients) if clients else []
+
+    def matching(self, channel: str) -> list[Subscriber]:
+        """Subscribers of ``channel`` exactly, then of each pattern matching it."""
+        exact, patterns = self._tables
+        clients = exact.get(channel)
+        found = list(clients) if clients else []
+        for pattern, clients in patterns.items():
+            if fnmatchcase(channel, pattern):
+                found.extend(clients)
+        return found
+
+    def clear(self) -> None:
+        for table in self._tables:
+            table.clear()
+        self._per_client.clear()
+        self.count = 0
+
+
+class PubSub(ABC):
+    """Publish/subscribe, callable from any greenlet, HTTP views included.
+
+    Backends: :class:`~wsmiddleware.pubsub.MemoryPubSub` (one process) and
+    :class:`~wsmiddleware.pubsub.RedisPubSub` (across processes and hosts).
+    """
+
+    def __init__(self) -> None:
+        self._subscriptions = Subscriptions()
+        self._closed = False
+
+    @staticmethod
+    def _key(channel: str, pattern: bool | None) -> tuple[bool, str]:
+        check_channel(channel)
+        return (is_pattern(channel) if pattern is None else bool(pattern), channel)
+
+    @abstractmethod
+    def subscribe(self, channel: str, client: Subscriber, *, pattern: bool | None = None) -> None:
+        """Deliver messages of ``channel`` (or matching the pattern) to ``client``.
+
+        Once it returns, messages published afterwards reach ``client``
+        (with Redis: as soon as Redis has confirmed, or after it comes back
+        from an outage). Subscribing twice to the same key is a no-op.
+        """
+
+    @abstractmethod
+    def unsubscribe(self, channel: str, client: Subscriber, *, pattern: bool | None = None) -> None:
+        """Stop delivering ``channel`` to ``client``; a no-op if not subscribed."""
+
+    @abstractmethod
+    def publish(self, channel: str, message: Message, *, sender: Subscriber | None = None) -> int:
+        """Send ``message`` to every subscriber of ``channel``, except ``sender``.
+
+        ``sender`` is the subscriber on whose behalf the message is published,
+        when it should not get its own message back. The return value is
+        backend-specific (see each backend). Raises :class:`PubSubError` when
+        the message cannot be sent.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Drop every subscription and release connections; the object is unusable after."""
+
+    def subscription_count(self) -> int:
+        """How many (channel or pattern, subscriber) pairs this process holds."""
+        return self._subscriptions.count
+
+    def is_subscribed(self, client: Subscriber) -> bool:
+        """Whether ``client`` has any subscription in this process."""
+        return self._subscriptions.subscribed(client)
+
+    def __enter__(self) -> PubSub:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
