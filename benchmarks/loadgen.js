@@ -68,10 +68,19 @@ function openMany(count, parallel, open) {
   });
 }
 
-function openWs(path) {
+// `onMessage`, if given, is attached at once: a message the server sends right
+// after the handshake must not be missed.
+function openWs(path, onMessage) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(cfg.url + path, { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
+    // An all-zero masking key (still a masked frame to the server) spares the load
+    // generator the masking of what it sends, the same for every server under test.
+    const ws = new WebSocket(cfg.url + path, {
+      perMessageDeflate: false,
+      maxPayload: 64 * 1024 * 1024,
+      generateMask: (mask) => mask.fill(0),
+    });
     ws.binaryType = "nodebuffer";
+    if (onMessage) ws.on("message", onMessage);
     ws.once("open", () => resolve(ws));
     ws.once("error", reject);
     ws.once("unexpected-response", (req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
@@ -152,8 +161,6 @@ async function echo() {
 
 // -- fanout: subscribers on /broadcast, one publisher; paced if cfg.rate is set.
 async function fanout() {
-  const subs = await openMany(cfg.subscribers, 100, () => openWs(cfg.path || "/broadcast"));
-  const publisher = await openWs(cfg.path || "/broadcast");
   const workers = {};
   // Servers that tell which process holds a connection (cross-worker) send "pid N" first.
   const total = cfg.subscribers * cfg.messages;
@@ -164,22 +171,22 @@ async function fanout() {
   let doneResolve;
   const done = new Promise((resolve) => (doneResolve = resolve));
   let started = false;
-  subs.forEach((ws) => {
-    ws.on("message", (data) => {
-      const text = data.toString();
-      if (text.startsWith("pid ")) {
-        workers[text] = (workers[text] || 0) + 1;
-        return;
-      }
-      if (!started) return;
-      const t = now();
-      const seq = parseInt(text, 10);
-      latencies[delivered++] = t - sentAt[seq];
-      last = t;
-      if (delivered === total) doneResolve();
-    });
-    ws.on("close", () => fail("server closed a subscriber"));
-  });
+  const onMessage = (data) => {
+    const text = data.toString();
+    if (text.startsWith("pid ")) {
+      workers[text] = (workers[text] || 0) + 1;
+      return;
+    }
+    if (!started) return;
+    const t = now();
+    const seq = parseInt(text, 10);
+    latencies[delivered++] = t - sentAt[seq];
+    last = t;
+    if (delivered === total) doneResolve();
+  };
+  const subs = await openMany(cfg.subscribers, 100, () => openWs(cfg.path || "/broadcast", onMessage));
+  const publisher = await openWs(cfg.path || "/broadcast");
+  subs.forEach((ws) => ws.on("close", () => fail("server closed a subscriber")));
   publisher.on("close", () => fail("server closed the publisher"));
   if (cfg.expect_pids) {
     const until = now() + 10000;

@@ -121,7 +121,8 @@ def _cpu(m: dict[str, Any]) -> dict[str, float]:
 
 
 def _echo(r: dict[str, Any], m: dict[str, Any]) -> dict[str, float]:
-    return {"rate": r["rate"], "mib_s": r["mib_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], **_cpu(m)}
+    return {"rate": r["rate"], "mib_s": r["mib_s"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+            "cpu_us_per_rt": 1e6 * m["server_cpu_s"] / max(r["round_trips"], 1), **_cpu(m)}
 
 
 def _fanout(r: dict[str, Any], m: dict[str, Any]) -> dict[str, float]:
@@ -157,7 +158,8 @@ SCENARIOS = {
             "echo", ALL_WS + ("raw-tcp",),
             {"conns": 50, "size": 32, "binary": False, "duration_s": 5},
             {"duration_s": 1},
-            (Metric("rate", "round trips/s", "higher"), *LAT, *CPU_METRICS),
+            (Metric("rate", "round trips/s", "higher"), *LAT,
+             Metric("cpu_us_per_rt", "srv CPU µs/rt", "lower", "{:.1f}"), *CPU_METRICS),
             _echo,
         ),
         Scenario(
@@ -165,7 +167,8 @@ SCENARIOS = {
             "echo", ALL_WS + ("raw-tcp",),
             {"conns": 4, "size": 2**20, "binary": True, "duration_s": 5},
             {"duration_s": 1},
-            (Metric("mib_s", "MiB/s", "higher", "{:,.1f}"), *CPU_METRICS),
+            (Metric("mib_s", "MiB/s", "higher", "{:,.1f}"), Metric("cpu_us_per_rt", "srv CPU µs/MiB echoed", "lower"),
+             *CPU_METRICS),
             _echo,
         ),
         Scenario(
@@ -207,7 +210,7 @@ SCENARIOS = {
             "cross-worker", "gunicorn -w {workers} + RedisPubSub, {subscribers} subscribers, {messages} messages",
             "fanout", ("wsm-gunicorn",),
             {"subscribers": 1000, "messages": 200, "workers": 2},
-            {"subscribers": 500, "messages": 50},
+            {},
             (Metric("rate", "deliveries/s", "higher"), Metric("p99_ms", "p99 ms", "lower", "{:.1f}"),
              Metric("cpu_us_per_delivery", "srv CPU µs/delivery", "lower", "{:.2f}")),
             _fanout,
@@ -660,8 +663,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, data in results.items():
         print_table(SCENARIOS[name], data["params"], data["servers"], repeats)
         workers = data["servers"].get("wsm-gunicorn", {}).get("workers")
-        if name == "cross-worker" and workers:
-            print(f"connections per worker: {workers}")
+        if name == "cross-worker":
+            print("(not pinned: the two workers, Redis and the load generator share every CPU)")
+            if workers:
+                print(f"subscribers per worker process: {workers}")
     checks = evaluate_targets(results)
     if checks:
         print("\n## Targets (wsmiddleware / gevent.pywsgi ÷ best anchor, same run)")

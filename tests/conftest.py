@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 
 import pytest
 
 from .support import ServerProcess, start_server
+
+# gunicorn 25+ opens a control socket at one fixed path per user: the many gunicorns
+# the tests start side by side would fight over it. They need none.
+os.environ.setdefault("GUNICORN_CMD_ARGS", "--no-control-socket")
 
 
 @pytest.fixture(scope="session")

@@ -22,11 +22,11 @@ from tests.conformance.rawclient import encode_frame
 from tests.robust_apps import start
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-ANSWER_TIMEOUT = 5.0
+ANSWER_TIMEOUT = 3.0
 # Bounded so that both servers together take about twenty seconds.
-SETTINGS = settings(max_examples=800, deadline=None, database=None,
+SETTINGS = settings(max_examples=2000, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-RANDOM_SETTINGS = settings(SETTINGS, max_examples=300)
+RANDOM_SETTINGS = settings(SETTINGS, max_examples=600)
 
 
 @pytest.fixture(scope="module", params=["pywsgi", "gunicorn"])
@@ -173,11 +173,22 @@ def check_answer(server, raw: bytes, headers: list[tuple[bytes, bytes]]) -> int:
         lines = head.split(b"\r\n")
         assert lines[0].startswith(b"HTTP/1.") and len(lines[0].split()) >= 2, lines[0]
         status = int(lines[0].split()[1])
+        if status == 501 and server.name == "gunicorn" and unknown_transfer_coding(headers):
+            # gunicorn's HTTP parser answers this itself, before any application
+            # code runs, as RFC 9112 section 6.1 asks: not ours to change.
+            return status
         assert status == 101 or 400 <= status < 500, f"{lines[0]!r} for {raw[:300]!r}"
         if status == 101:
             check_upgrade(sock, lines[1:], headers, rest)
     assert server.proc.poll() is None, "the server process died"
     return status
+
+
+def unknown_transfer_coding(headers: list[tuple[bytes, bytes]]) -> bool:
+    known = {b"chunked", b"identity", b"gzip", b"deflate", b"compress"}
+    return any(name.lower() == b"transfer-encoding" and
+               any(v.strip(b" \t").lower() not in known for v in value.split(b","))
+               for name, value in headers)
 
 
 def check_upgrade(sock: socket.socket, lines: list[bytes], sent: list[tuple[bytes, bytes]], rest: bytes) -> None:
@@ -236,6 +247,32 @@ def test_random_bytes(hostile_server, raw):
         status_line = data.split(b"\r\n", 1)[0]
         assert status_line.startswith(b"HTTP/1.") and b" 4" in status_line[:13], f"{status_line!r} for {raw!r}"
     assert hostile_server.proc.poll() is None
+
+
+@pytest.mark.parametrize("upgrade,connection", [
+    ("websocket, h2c", "keep-alive, Upgrade"),
+    ("WebSocket", "Upgrade, HTTP2-Settings"),
+    ("h2c, websocket", "upgrade"),
+])
+def test_token_lists_in_upgrade_and_connection_are_a_valid_handshake(hostile_server, upgrade, connection):
+    # Found by the property test: pywsgi keeps its raw reader to itself unless one of
+    # the two headers is a single token; the handshake must not depend on that.
+    from tests.conformance.rawclient import TEXT, RawClient
+
+    with RawClient(hostile_server.port, headers={"Upgrade": upgrade, "Connection": connection}) as client:
+        client.echo(TEXT, b"listed")
+        client.close_cleanly()
+
+
+def test_malformed_origin_is_403(hostile_server):
+    # Found by the property test: urlsplit() raises on a malformed bracketed host.
+    from tests.support import http_request, upgrade_request
+
+    for origin in ("http://[::1", "http://[zz]:1", "http://[::1]:x"):
+        status, _, body = http_request(hostile_server.port, upgrade_request(
+            "/ws/echo", hostile_server.port, headers={"Origin": origin}))
+        assert status == 403, (origin, body)
+        assert body.decode().count("\n") == 1
 
 
 def test_server_still_serves_after_the_onslaught(hostile_server):

@@ -21,7 +21,7 @@ import gevent
 from gevent import GreenletExit
 from gevent.event import AsyncResult
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Protocol, State
+from websockets.protocol import SERVER, Protocol, State
 
 from .exceptions import ConnectionClosed, ConnectionTimeout
 from .options import Options
@@ -108,7 +108,7 @@ class WebSocket:
         "url_vars", "subprotocol", "remote_addr", "state", "dropped",
         "_queue", "_queued", "_writer", "_eof_pending", "_close_timer", "_greenlets",
         "_pings", "_ka_ping", "_reader", "_last_recv", "_parts", "_decoder", "_done", "_closed_by_us",
-        "__weakref__",
+        "_loop", "_turn", "__weakref__",
     )
 
     def __init__(
@@ -149,6 +149,11 @@ class WebSocket:
         self._decoder: Any = None
         self._done = False
         self._closed_by_us = False
+        # The event loop turn of the last direct send: later sends in the same turn
+        # are batched into one write (see _send). libev counts turns; others do not.
+        loop = gevent.get_hub().loop
+        self._loop = loop if hasattr(loop, "iteration") else None
+        self._turn = -1
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.path} from {self.remote_addr} {self.protocol.state.name}>"
@@ -197,6 +202,16 @@ class WebSocket:
         if self._queued and self._queued >= self.options.send_queue_limit:
             if self._overflow():
                 return
+        if protocol.side is SERVER and not (
+            protocol.extensions or protocol.writes or protocol.expect_continuation_frame or protocol.debug
+        ):
+            # A server frame without extensions is exactly what send_text/send_binary
+            # would queue: serialize it here and skip the protocol's queue on the hot path.
+            if type(message) is str:
+                self._send(Frame(_TEXT, message.encode("utf-8")).serialize(mask=False))
+            else:
+                self._send(Frame(_BINARY, message).serialize(mask=False))
+            return
         if type(message) is str:
             protocol.send_text(message.encode("utf-8"))
         else:
@@ -336,6 +351,18 @@ class WebSocket:
         if self.transport.closed:
             return
         if self._writer is None:
+            loop = self._loop
+            if loop is not None:
+                turn = loop.iteration
+                if turn == self._turn:
+                    # A second send in one turn of the event loop (a burst of
+                    # broadcasts, say): queue it, and let the writer send the whole
+                    # burst in one call once the current greenlet yields.
+                    self._queue.append(data)
+                    self._queued += len(data)
+                    self._writer = gevent.spawn(self._drain)
+                    return
+                self._turn = turn
             try:
                 sent = self.transport.try_send(data)
             except OSError:

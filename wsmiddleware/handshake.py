@@ -176,9 +176,10 @@ def accept(request: webob.Request, key: str, options: Options, subprotocol: str 
     )
     ws_headers = Headers()
     extensions_value = request.environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")
-    if extensions_value:
-        ws_headers["Sec-WebSocket-Extensions"] = extensions_value
     try:
+        if extensions_value:
+            # Setting it checks the characters (a control character is refused here).
+            ws_headers["Sec-WebSocket-Extensions"] = extensions_value
         extensions_header, extensions = protocol.process_extensions(ws_headers)
     except InvalidHandshake as exc:
         raise HandshakeError(f"invalid Sec-WebSocket-Extensions header: {exc}", 400) from None

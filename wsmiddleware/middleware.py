@@ -101,7 +101,8 @@ class WebSocketMiddleware:
             handler = route.handler() if isinstance(route.handler, type) else route.handler
             answer = handler.on_handshake(request)
         except HandshakeError as exc:
-            logger.info("rejected WebSocket handshake for %s: %s", request.path, exc.reason)
+            # PATH_INFO as the server gave it: request.path would decode it, and any bytes may come.
+            logger.info("rejected WebSocket handshake for %r: %s", environ.get("PATH_INFO"), exc.reason)
             if already_upgraded:
                 return self._refuse_upgraded(environ, start_response, options, exc.reason)
             return handshake.rejection(exc)(environ, start_response)

@@ -37,7 +37,7 @@ SUPPORTED_SERVERS = (
 
 RECV_SIZE = 65536
 #: Bytes one read may take from the kernel; big reads mean fewer calls for big messages.
-READ_BUFFER_SIZE = 262144
+READ_BUFFER_SIZE = 1048576
 
 #: One read buffer per gevent hub (thread), shared by its connections; see Transport.recv.
 _read_buffers: weakref.WeakKeyDictionary[Any, memoryview] = weakref.WeakKeyDictionary()
@@ -68,7 +68,10 @@ class Transport:
     read past the request head (gunicorn's parser).
     """
 
-    __slots__ = ("sock", "_raw", "_read", "_recv_into", "_buffer", "_pending", "_finish", "remote_addr", "closed")
+    __slots__ = (
+        "sock", "_raw", "_read", "_recv_into", "_raw_recv_into", "_drained", "_buffer", "_pending", "_finish",
+        "remote_addr", "closed",
+    )
 
     def __init__(
         self,
@@ -96,6 +99,11 @@ class Transport:
         # read allocate its own: an idle connection then holds no read buffer at all.
         self._recv_into = sock.recv_into
         self._buffer = _read_buffer()
+        # With the OS socket and gevent's read watcher at hand, recv waits for data
+        # before asking for it once a read has emptied the socket (see recv).
+        waitable = self._raw is not None and hasattr(sock, "_wait") and hasattr(sock, "_read_event")
+        self._raw_recv_into = self._raw.recv_into if waitable else None
+        self._drained = False
         self._pending = pending
         self._finish = finish
         self.remote_addr = remote_addr
@@ -113,7 +121,25 @@ class Transport:
         if self._read is not None:
             return self._read(RECV_SIZE)
         buffer = self._buffer
-        return buffer[: self._recv_into(buffer)]
+        recv_into = self._raw_recv_into
+        if recv_into is None:
+            return buffer[: self._recv_into(buffer)]
+        sock = self.sock
+        while True:
+            if self._drained:
+                # The last read emptied the socket, so asking again now would mostly
+                # fail (and raise): wait for the peer first, as gevent would after failing.
+                event = sock._read_event
+                if event is None:  # closed by another greenlet
+                    return b""
+                sock._wait(event)
+            try:
+                n = recv_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                self._drained = True
+                continue
+            self._drained = n < READ_BUFFER_SIZE
+            return buffer[:n]
 
     def try_send(self, data: bytes | memoryview) -> int:
         """Write what the kernel takes now without waiting; return how many bytes."""
@@ -173,6 +199,21 @@ def _socket_of_reader(reader: Any) -> Any:
     return getattr(raw, "_sock", None)
 
 
+def _raw_reader(environ: dict[str, Any]) -> Any:
+    """pywsgi's buffered socket reader, even where it wrapped it in its ``Input``.
+
+    pywsgi hands the raw reader over only when ``Connection`` is exactly
+    "upgrade" or ``Upgrade`` exactly "websocket"; a valid handshake may list
+    more tokens ("keep-alive, Upgrade" with "websocket, h2c"). Its ``Input``
+    reads nothing before asked, so its ``rfile`` still holds every byte.
+    """
+    reader = environ.get("wsgi.input")
+    inner = getattr(reader, "rfile", None)
+    if not isinstance(reader, io.BufferedReader) and isinstance(inner, io.BufferedReader):
+        return inner
+    return reader
+
+
 def detect(environ: dict[str, Any]) -> str:
     """Name the server kind of this request, or raise :class:`TransportUnavailable`."""
     gws = environ.get("wsgi.websocket")
@@ -185,7 +226,7 @@ def detect(environ: dict[str, Any]) -> str:
                 "this gunicorn worker is not a gevent worker; WebSocket needs one of: " + SUPPORTED_SERVERS
             )
         return "gunicorn"
-    reader = environ.get("wsgi.input")
+    reader = _raw_reader(environ)
     sock = environ.get("gunicorn.sock") or _socket_of_reader(reader)
     if isinstance(reader, io.BufferedReader) and isinstance(sock, gevent.socket.socket):
         return "pywsgi"
@@ -232,8 +273,15 @@ def take_over(
             raise StopIteration()
 
         return Transport(sock, pending=pending, finish=finish_gunicorn, remote_addr=remote)
-    reader = environ["wsgi.input"]
+    reader = _raw_reader(environ)
     sock = environ.get("gunicorn.sock") or _socket_of_reader(reader)
     write = start_response("101 Switching Protocols", headers)
     write(b"")
-    return Transport(sock, reader=reader, remote_addr=remote)
+    conn = Transport(sock, reader=reader, remote_addr=remote)
+    if conn._read is None and reader is environ.get("wsgi.input"):
+        # All it buffered is in the transport now. Closing it frees its buffer for
+        # the connection's lifetime (the socket stays open), and pywsgi, seeing it
+        # closed, reads no further request once the connection ends. (Not when
+        # pywsgi's Input wraps it: that one may still read a request body.)
+        reader.close()
+    return conn
