@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.robust_apps import CYCLE_KINDS, run_cycles, server_counts, settled, start  # noqa: E402
+from tests.robust_apps import CYCLE_KINDS, run_cycles, settled, start  # noqa: E402
 
 MiB = 2**20
 

@@ -621,7 +621,10 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[dict[str, float]]] = {s: [] for s in servers}
             errors: dict[str, list[str]] = {s: [] for s in servers}
             for rep in range(repeats):
-                for sid in servers:
+                # Rotate the order, so that a burst of noise on the machine does not
+                # always hit the same server.
+                shift = rep % len(servers)
+                for sid in servers[shift:] + servers[:shift]:
                     label = f"{name} [{rep + 1}/{repeats}] {sid}"
                     print(f"  {label} ...", end="", flush=True)
                     t0 = time.monotonic()

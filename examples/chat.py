@@ -181,12 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     monkey.patch_all()
     import logging
 
-    from gevent.pywsgi import WSGIServer
+    from wsmiddleware.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     backend = type(pubsub).__name__
     logging.getLogger("wsmiddleware").info("chat example on http://%s:%d/ (%s)", args.host, args.port, backend)
-    WSGIServer((args.host, args.port), application).serve_forever()
+    # serve() bounds request reads and, on SIGTERM/SIGINT, closes WebSockets with 1001.
+    serve(application, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -67,11 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     monkey.patch_all()
     import logging
 
-    from gevent.pywsgi import WSGIServer
+    from wsmiddleware.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("wsmiddleware").info("echo example on http://%s:%d/", args.host, args.port)
-    WSGIServer((args.host, args.port), application).serve_forever()
+    # serve() bounds request reads and, on SIGTERM/SIGINT, closes WebSockets with 1001.
+    serve(application, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -232,7 +232,6 @@ def cycle(port: int, index: int) -> str:
     """
     import os
     import socket
-    import struct
 
     from tests.conformance.rawclient import BINARY, TEXT, RawClient, deflate, encode_frame
     from tests.support import http_request, upgrade_request

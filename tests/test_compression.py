@@ -25,7 +25,7 @@ def default_server(request):
     server.stop()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zeros_compressed(size: int) -> bytes:
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     chunk = b"\0" * MiB

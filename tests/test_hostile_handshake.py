@@ -153,7 +153,7 @@ def read_head(sock: socket.socket) -> bytes:
             chunk = sock.recv(65536)
         except ConnectionResetError:
             break
-        except socket.timeout:
+        except TimeoutError:
             raise AssertionError(f"no answer within {ANSWER_TIMEOUT} s (got {data[:200]!r})") from None
         if not chunk:
             break
@@ -216,7 +216,7 @@ def check_upgrade(sock: socket.socket, lines: list[bytes], sent: list[tuple[byte
             data += chunk
     except ConnectionResetError:
         pass
-    except socket.timeout:
+    except TimeoutError:
         raise AssertionError("the upgraded connection did not close after our close frame") from None
     if data:
         # A request body the client sent after the head is read as frames, and

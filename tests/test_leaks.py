@@ -7,7 +7,7 @@ counts; memory stays within a small bound. The suite runs 1,000 cycles per serve
 
 import pytest
 
-from tests.robust_apps import CYCLE_KINDS, run_cycles, server_counts, settled, start
+from tests.robust_apps import CYCLE_KINDS, run_cycles, settled, start
 
 CYCLES = 1000
 TIME_LIMIT = 60.0

@@ -104,7 +104,7 @@ def test_slow_trickle_is_dropped_too(bounded_server):
                 sock.recv(65536)  # the end of the stream, or a 4xx: the server gave up on us
                 dropped = True
                 break
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except ConnectionResetError:
                 dropped = True

@@ -55,14 +55,16 @@ def live_connections() -> set[WebSocket]:
 class PingWaiter:
     """Waitable returned by :meth:`WebSocket.ping`; resolved by the matching pong."""
 
-    __slots__ = ("payload", "sent_at", "timeout", "_result", "_reader")
+    __slots__ = ("payload", "sent_at", "timeout", "_result", "_reader", "_pending")
 
-    def __init__(self, payload: bytes, timeout: float | None, reader: Any = None) -> None:
+    def __init__(self, payload: bytes, timeout: float | None, reader: Any = None,
+                 pending: dict[bytes, PingWaiter] | None = None) -> None:
         self.payload = payload
         self.sent_at = _monotonic()
         self.timeout = timeout
         self._result: AsyncResult = AsyncResult()
         self._reader = reader
+        self._pending = pending
 
     def ready(self) -> bool:
         """Whether the pong arrived (or the connection closed)."""
@@ -83,6 +85,9 @@ class PingWaiter:
         try:
             return self._result.get(timeout=timeout)
         except gevent.Timeout:
+            # Forget the ping, or a peer that never answers would grow the table.
+            if self._pending is not None and self._pending.get(self.payload) is self:
+                del self._pending[self.payload]
             raise ConnectionTimeout(f"no pong within {timeout} s") from None
 
     def _resolve(self) -> None:
@@ -255,7 +260,7 @@ class WebSocket:
             self._pings = OrderedDict()
         if payload in self._pings:
             raise ValueError("a ping with this payload is already waiting for its pong")
-        waiter = PingWaiter(payload, self.options.ping_timeout, self._reader)
+        waiter = PingWaiter(payload, self.options.ping_timeout, self._reader, self._pings)
         self._pings[payload] = waiter
         self.protocol.send_ping(payload)
         self._flush()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 from typing import Any
 
 import gevent
@@ -68,7 +67,7 @@ class RequestHandler(pywsgi.WSGIHandler):
             # Nothing (or half a line) came: an idle keep-alive connection or a
             # slow client. pywsgi closes the connection quietly on a socket error.
             logger.debug("%s: no request line within %s s, closing", self.client_address, timeout)
-            raise socket.timeout("no request line in time") from None
+            raise TimeoutError("no request line in time") from None
 
     def read_request(self, raw_requestline: str) -> bool:
         try:

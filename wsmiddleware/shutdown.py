@@ -94,7 +94,12 @@ def install(server: ServerT, code: int = GOING_AWAY, reason: str = REASON) -> Se
         if not server.closed:  # type: ignore[attr-defined]
             server.close()  # type: ignore[attr-defined]
         close_all(code, reason)
-        original_stop(timeout)
+        try:
+            original_stop(timeout)
+        finally:
+            # This server is gone, not the process: a server started later in it
+            # (a test suite, an embedding app) must accept handshakes again.
+            _state["shutting_down"] = False
 
     server.stop = stop  # type: ignore[attr-defined]
     return server

@@ -18,12 +18,12 @@ from websockets.sync.client import connect
 
 from tests.support import http_request, upgrade_request
 
-from .rawclient import BINARY, CONT, PING, TEXT, RawClient, deflate, encode_frame
+from .rawclient import BINARY, CONT, PING, TEXT, RawClient, deflate
 
 SIZES = [16, 64, 256, 1024, 4096, 16384, 65536, 131072]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _json_corpus() -> str:
     rng = random.Random(6455)
     return json.dumps([{"id": rng.randrange(10**6), "name": rng.choice(["alpha", "beta", "gamma"]),
