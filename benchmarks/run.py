@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -241,9 +241,8 @@ def bench_requirements() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def prepare(servers: set[str], need_redis: bool) -> list[str]:
-    """Install what the selected servers and the load generator need; return notes."""
-    notes = []
+def prepare(servers: set[str], need_redis: bool) -> None:
+    """Install what the selected servers and the load generator need."""
     if shutil.which("node") is None:
         sys.exit("benchmarks: Node.js (v18+) is needed for the load generator; install it and retry")
     if not (HERE / "node_modules" / "ws").is_dir():
@@ -261,7 +260,6 @@ def prepare(servers: set[str], need_redis: bool) -> list[str]:
         print(f"benchmarks: {', '.join(missing)} missing; pip-installing {' '.join(requirements)}", flush=True)
         subprocess.run([PYTHON, "-m", "pip", "install", "-q", *requirements], check=True)
         importlib.invalidate_caches()
-    return notes
 
 
 def versions() -> dict[str, str]:
@@ -316,7 +314,6 @@ class Started:
     proc: subprocess.Popen
     port: int
     log: Path
-    extra: list[subprocess.Popen] = field(default_factory=list)
 
 
 def start_server(server_id: str, *, workers: int = 1, env: dict[str, str] | None = None,
@@ -411,18 +408,13 @@ def measure(scenario: Scenario, server_id: str, quick: bool, redis_url: str | No
     try:
         load.update(url=f"ws://127.0.0.1:{started.port}", host="127.0.0.1", port=started.port)
         extra: dict[str, Any] = {}
-        on_ready = None
         if scenario.mode == "idle":
             # Warm up (imports, first-connection allocations) before the baseline.
             run_loadgen({**load, "conns": 20, "settle_ms": 50}, started, 60)
             time.sleep(0.5)
             extra["rss_base_kib"] = procs.rss_kib(procs.tree(started.proc.pid))
-
-            def on_ready() -> dict[str, Any]:
-                time.sleep(0.5)
-                return {"rss_ready_kib": procs.rss_kib(procs.tree(started.proc.pid))}
-
-        result, readings = run_loadgen(load, started, scenario.timeout_s, on_ready)
+        result, readings = run_loadgen(load, started, scenario.timeout_s,
+                                       _read_rss(started) if scenario.mode == "idle" else None)
         readings.update(extra)
         values = scenario.extract(result, readings)
         if readings.get("workers"):
@@ -430,6 +422,16 @@ def measure(scenario: Scenario, server_id: str, quick: bool, redis_url: str | No
         return values
     finally:
         procs.stop(started.proc)
+
+
+def _read_rss(server: Started) -> Callable[[], dict[str, Any]]:
+    """What to read once every idle connection is open: the server's memory, settled."""
+
+    def read() -> dict[str, Any]:
+        time.sleep(0.5)
+        return {"rss_ready_kib": procs.rss_kib(procs.tree(server.proc.pid))}
+
+    return read
 
 
 def start_redis() -> tuple[subprocess.Popen, str] | None:
@@ -456,7 +458,7 @@ def summarise(runs: list[dict[str, float]], metrics: tuple[Metric, ...]) -> dict
     return out
 
 
-def ratios(summary: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
+def ratios(summary: dict[str, Any]) -> dict[str, Any]:
     """wsmiddleware's median divided by each other server's, per metric."""
     out: dict[str, Any] = {}
     for wsm_id in ("wsm", "wsm-gunicorn"):
@@ -570,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
 
     notes: list[str] = []
     need_redis = "cross-worker" in names and "wsm-gunicorn" in chosen
-    notes += prepare(set(chosen), need_redis)
+    prepare(set(chosen), need_redis)
 
     # Each idle connection is a file descriptor on both ends (two in simple-websocket's
     # server, which duplicates the socket).
@@ -655,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
                 "params": cfg,
                 "metrics": {m.key: {"label": m.label, "better": m.better} for m in scenario.metrics},
                 "servers": summary,
-                "ratios": ratios(summary, scenario),
+                "ratios": ratios(summary),
             }
     finally:
         if redis is not None:

@@ -14,7 +14,6 @@ chat:lobby "hello from redis-cli"`` (plain text arrives as a system line).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -171,23 +170,11 @@ application = WebSocketMiddleware(site, {"/ws/chat/{room}": ChatRoom(pubsub)})
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
+    """Serve the chat: ``[--host H] [--port P]``, default 127.0.0.1:8000."""
+    from wsmiddleware.server import main as serve_main
 
-    from gevent import monkey
-
-    monkey.patch_all()
-    import logging
-
-    from wsmiddleware.server import serve
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    backend = type(pubsub).__name__
-    logging.getLogger("wsmiddleware").info("chat example on http://%s:%d/ (%s)", args.host, args.port, backend)
-    # serve() bounds request reads and, on SIGTERM/SIGINT, closes WebSockets with 1001.
-    serve(application, args.host, args.port)
+    serve_main(application, argv, description=__doc__.splitlines()[0],
+               label=f"chat example ({type(pubsub).__name__})")
 
 
 if __name__ == "__main__":

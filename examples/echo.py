@@ -9,8 +9,6 @@ Then open http://127.0.0.1:8000/ in a browser. Under gunicorn:
 
 from __future__ import annotations
 
-import argparse
-
 from wsmiddleware import WS, WebSocketMiddleware
 
 PAGE = b"""<!doctype html>
@@ -57,22 +55,10 @@ application = WebSocketMiddleware(page, {"/ws/echo": Echo()})
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
+    """Serve the example: ``[--host H] [--port P]``, default 127.0.0.1:8000."""
+    from wsmiddleware.server import main as serve_main
 
-    from gevent import monkey
-
-    monkey.patch_all()
-    import logging
-
-    from wsmiddleware.server import serve
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("wsmiddleware").info("echo example on http://%s:%d/", args.host, args.port)
-    # serve() bounds request reads and, on SIGTERM/SIGINT, closes WebSockets with 1001.
-    serve(application, args.host, args.port)
+    serve_main(application, argv, description=__doc__.splitlines()[0], label="echo example")
 
 
 if __name__ == "__main__":

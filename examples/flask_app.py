@@ -15,7 +15,6 @@ one of the gevent servers.)
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import webob.exc
@@ -122,21 +121,10 @@ application = app
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
+    """Serve the example: ``[--host H] [--port P]``, default 127.0.0.1:8000."""
+    from wsmiddleware.server import main as serve_main
 
-    from gevent import monkey
-
-    monkey.patch_all()
-    import logging
-
-    from gevent.pywsgi import WSGIServer
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("wsmiddleware").info("Flask example on http://%s:%d/", args.host, args.port)
-    WSGIServer((args.host, args.port), application).serve_forever()
+    serve_main(application, argv, description=__doc__.splitlines()[0], label="Flask example")
 
 
 if __name__ == "__main__":

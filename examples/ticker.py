@@ -11,7 +11,6 @@ the connection ends, so nothing keeps running for a client that left.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -88,21 +87,10 @@ application = WebSocketMiddleware(page, {"/ws/ticker": Ticker()})
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
+    """Serve the example: ``[--host H] [--port P]``, default 127.0.0.1:8000."""
+    from wsmiddleware.server import main as serve_main
 
-    from gevent import monkey
-
-    monkey.patch_all()
-    import logging
-
-    from gevent.pywsgi import WSGIServer
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("wsmiddleware").info("ticker example on http://%s:%d/", args.host, args.port)
-    WSGIServer((args.host, args.port), application).serve_forever()
+    serve_main(application, argv, description=__doc__.splitlines()[0], label="ticker example")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_rooms_keep_their_conversations_apart(script):
         cook.send("soup's on")
         said = events_until(cook, lambda e: e["type"] == "message")[-1]
         assert (said["name"], said["text"]) == ("cook", "soup's on")
-        status, body = fetch(script.port, "POST", "/announce?room=lobby", "doors close at ten".encode())
+        status, body = fetch(script.port, "POST", "/announce?room=lobby", b"doors close at ten")
         assert status == 200 and json.loads(body)["ok"]
         for ws in (ann, bob):
             assert events_until(ws, lambda e: e["type"] == "announce")[-1]["text"] == "doors close at ten"

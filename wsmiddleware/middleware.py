@@ -10,7 +10,7 @@ import webob
 import webob.exc
 
 from . import handshake, shutdown, transport
-from .connection import WebSocket, _LIVE
+from .connection import _LIVE, WebSocket
 from .exceptions import HandshakeError
 from .handler import WS
 from .options import Options

@@ -26,7 +26,7 @@ from gevent.pool import Pool
 
 from . import shutdown
 
-__all__ = ["WSGIServer", "RequestHandler", "serve"]
+__all__ = ["WSGIServer", "RequestHandler", "serve", "main"]
 
 logger = logging.getLogger("wsmiddleware.server")
 
@@ -127,3 +127,25 @@ def serve(application: Any, host: str = "127.0.0.1", port: int = 8000, *, stop_t
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop)
     server.serve_forever(stop_timeout=stop_timeout)
+
+
+def main(application: Any, argv: list[str] | None = None, *, description: str | None = None,
+         label: str = "app") -> None:
+    """Command-line entry point: ``[--host H] [--port P]`` (default 127.0.0.1:8000), then :func:`serve`.
+
+    For scripts such as the examples: ``if __name__ == "__main__": main(application)``.
+    It monkey-patches the standard library for gevent and sets up INFO logging.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    args = parser.parse_args(argv)
+
+    from gevent import monkey
+
+    monkey.patch_all()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("wsmiddleware").info("%s on http://%s:%d/", label, args.host, args.port)
+    serve(application, args.host, args.port)

@@ -104,6 +104,13 @@ class Transport:
         waitable = self._raw is not None and hasattr(sock, "_wait") and hasattr(sock, "_read_event")
         self._raw_recv_into = self._raw.recv_into if waitable else None
         self._drained = False
+        if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
+            # Writes are already batched per turn of the event loop (see
+            # WebSocket._send); Nagle's algorithm would only hold messages back.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         self._pending = pending
         self._finish = finish
         self.remote_addr = remote_addr
