@@ -15,7 +15,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import gevent
 from gevent import GreenletExit
@@ -204,6 +204,11 @@ class WebSocket:
         protocol = self.protocol
         if protocol.state is not _OPEN or self._done:
             raise self._closed_error()
+        if type(message) is not str:
+            if isinstance(message, str):  # str subclasses (markupsafe.Markup...) are text too
+                message = str(message)
+            elif not isinstance(message, (bytes, bytearray, memoryview)):
+                raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
         if self._queued and self._queued >= self.options.send_queue_limit:
             if self._overflow():
                 return
@@ -215,12 +220,12 @@ class WebSocket:
             if type(message) is str:
                 self._send(Frame(_TEXT, message.encode("utf-8")).serialize(mask=False))
             else:
-                self._send(Frame(_BINARY, message).serialize(mask=False))
+                self._send(Frame(_BINARY, message).serialize(mask=False))  # type: ignore[arg-type]
             return
         if type(message) is str:
             protocol.send_text(message.encode("utf-8"))
         else:
-            protocol.send_binary(message)
+            protocol.send_binary(message)  # type: ignore[arg-type]
         self._flush()
 
     send = write
@@ -484,10 +489,10 @@ class WebSocket:
             was_open = protocol.state is _OPEN
             if data:
                 self._last_recv = _monotonic()
-                protocol.receive_data(data)
+                protocol.receive_data(data)  # type: ignore[arg-type]  # a memoryview is copied in
             else:
                 protocol.receive_eof()
-            events = protocol.events_received()
+            events = cast("list[Frame]", protocol.events_received())
             if data and was_open and events and protocol.state is not _OPEN:
                 self._dispatch_before_close(events)
             else:

@@ -108,9 +108,9 @@ class PubSubWS(WS):
         self.channel = channel
         self.echo = echo
         if before_publish is not None:
-            self.before_publish = before_publish  # type: ignore[method-assign]
+            self.before_publish = before_publish  # type: ignore[method-assign,assignment]
         if before_deliver is not None:
-            self.before_deliver = before_deliver  # type: ignore[method-assign]
+            self.before_deliver = before_deliver  # type: ignore[method-assign,assignment]
 
     def channel_for(self, websocket: WebSocket) -> str:
         """The channel of ``websocket``, from the ``channel`` argument."""

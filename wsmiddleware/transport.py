@@ -101,8 +101,9 @@ class Transport:
         self._buffer = _read_buffer()
         # With the OS socket and gevent's read watcher at hand, recv waits for data
         # before asking for it once a read has emptied the socket (see recv).
-        waitable = self._raw is not None and hasattr(sock, "_wait") and hasattr(sock, "_read_event")
-        self._raw_recv_into = self._raw.recv_into if waitable else None
+        raw_sock = self._raw
+        waitable = raw_sock is not None and hasattr(sock, "_wait") and hasattr(sock, "_read_event")
+        self._raw_recv_into = raw_sock.recv_into if waitable and raw_sock is not None else None
         self._drained = False
         if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6):
             # Writes are already batched per turn of the event loop (see
@@ -285,7 +286,7 @@ def take_over(
     write = start_response("101 Switching Protocols", headers)
     write(b"")
     conn = Transport(sock, reader=reader, remote_addr=remote)
-    if conn._read is None and reader is environ.get("wsgi.input"):
+    if conn._read is None and reader is not None and reader is environ.get("wsgi.input"):
         # All it buffered is in the transport now. Closing it frees its buffer for
         # the connection's lifetime (the socket stays open), and pywsgi, seeing it
         # closed, reads no further request once the connection ends. (Not when

@@ -29,7 +29,7 @@ import random
 import socket
 import time
 import weakref
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import gevent
@@ -66,9 +66,10 @@ def encode_message(message: Message, origin: bytes | None = None) -> bytes:
         if origin is None:
             return _TEXT_TAG + body
         return _TEXT_FROM_TAG + origin + body
+    binary = cast(bytes, message)
     if origin is None:
-        return _BINARY_TAG + message
-    return _BINARY_FROM_TAG + origin + message
+        return _BINARY_TAG + binary
+    return _BINARY_FROM_TAG + origin + binary
 
 
 def decode_message(data: bytes) -> tuple[Message, bytes | None]:
