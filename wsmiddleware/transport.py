@@ -207,7 +207,7 @@ def _socket_of_reader(reader: Any) -> Any:
     return getattr(raw, "_sock", None)
 
 
-def _raw_reader(environ: dict[str, Any]) -> Any:
+def _raw_reader(environ: dict[str, Any]) -> io.BufferedReader | Any:
     """pywsgi's buffered socket reader, even where it wrapped it in its ``Input``.
 
     pywsgi hands the raw reader over only when ``Connection`` is exactly
@@ -286,10 +286,10 @@ def take_over(
     write = start_response("101 Switching Protocols", headers)
     write(b"")
     conn = Transport(sock, reader=reader, remote_addr=remote)
-    if conn._read is None and reader is not None and reader is environ.get("wsgi.input"):
+    if conn._read is None and isinstance(reader, io.BufferedReader) and reader is environ.get("wsgi.input"):
         # All it buffered is in the transport now. Closing it frees its buffer for
         # the connection's lifetime (the socket stays open), and pywsgi, seeing it
         # closed, reads no further request once the connection ends. (Not when
         # pywsgi's Input wraps it: that one may still read a request body.)
-        reader.close()
+        reader.close()  # type: ignore[union-attr]
     return conn
