@@ -109,7 +109,7 @@ class WebSocket:
     """
 
     __slots__ = (
-        "protocol", "transport", "handler", "options", "request", "environ", "path",
+        "protocol", "transport", "handler", "options", "_request", "environ", "path",
         "url_vars", "subprotocol", "remote_addr", "state", "dropped",
         "_queue", "_queued", "_writer", "_eof_pending", "_close_timer", "_greenlets",
         "_pings", "_ka_ping", "_reader", "_last_recv", "_parts", "_decoder", "_done", "_closed_by_us",
@@ -132,7 +132,7 @@ class WebSocket:
         self.protocol = protocol
         self.handler = handler
         self.options = options
-        self.request = request
+        self._request = request
         self.environ = environ if environ is not None else {}
         self.path: str = (self.environ.get("SCRIPT_NAME", "") + self.environ.get("PATH_INFO", "")) or "/"
         self.url_vars: dict[str, Any] = url_vars or {}
@@ -159,6 +159,25 @@ class WebSocket:
         loop = gevent.get_hub().loop
         self._loop = loop if hasattr(loop, "iteration") else None
         self._turn = -1
+
+    @property
+    def request(self) -> webob.Request:
+        """The handshake request, as a ``webob.Request`` over :attr:`environ`.
+
+        Built on first use: most connections never look at it, and a Request
+        keeps its state in the environ, so a fresh one sees what
+        ``on_handshake`` saw (and set).
+        """
+        request = self._request
+        if request is None:
+            import webob
+
+            request = self._request = webob.Request(self.environ)
+        return request
+
+    @request.setter
+    def request(self, request: webob.Request | None) -> None:
+        self._request = request
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.path} from {self.remote_addr} {self.protocol.state.name}>"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import binascii
 import logging
 from base64 import b64decode
-from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -129,9 +128,9 @@ class WSGIServerProtocol(ServerProtocol):
     the default callback pongs, so that an override can choose not to.
     """
 
-    def parse(self) -> Generator[None]:
-        # The WSGI server has parsed the HTTP request already: start at frames.
-        yield from Protocol.parse(self)
+    # The WSGI server has parsed the HTTP request already: start at frames. Taken
+    # as is rather than wrapped, so an idle connection suspends one generator less.
+    parse = Protocol.parse
 
     def recv_frame(self, frame: Frame) -> None:
         if frame.opcode is Opcode.PING:

@@ -134,11 +134,13 @@ class WebSocketMiddleware:
             accepted.protocol,
             handler,
             options,
-            request=request,
             environ=environ,
             url_vars=url_vars,
             subprotocol=accepted.subprotocol,
         )
+        # This frame lasts as long as the connection: what only the handshake
+        # needed goes now (websocket.request rebuilds the Request on demand).
+        del request, accepted, key, answer
         websocket.run()
         return conn_transport.finish()
 
