@@ -135,7 +135,7 @@ class WebSocket:
         self._request = request
         self.environ = environ if environ is not None else {}
         self.path: str = (self.environ.get("SCRIPT_NAME", "") + self.environ.get("PATH_INFO", "")) or "/"
-        self.url_vars: dict[str, Any] = url_vars or {}
+        self.url_vars: dict[str, Any] = url_vars if url_vars is not None else {}
         self.subprotocol = subprotocol
         self.remote_addr: str | None = transport.remote_addr
         self.state: dict[str, Any] = {}

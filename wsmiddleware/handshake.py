@@ -153,17 +153,18 @@ class Accepted:
     subprotocol: str | None
 
 
-def _extension_factories(options: Options) -> list[ServerPerMessageDeflateFactory]:
+def _extension_factories(options: Options) -> tuple[ServerPerMessageDeflateFactory, ...]:
     if options.compression != "deflate":
-        return []
+        # Shared: the protocol keeps what it is given for the connection's lifetime.
+        return ()
     # Window 2**12 and memLevel 5 keep a compressor near 64 KiB instead of the
     # ~320 KiB of zlib's defaults, at little cost in ratio for chat-sized messages.
-    return [
+    return (
         ServerPerMessageDeflateFactory(
             server_max_window_bits=12,
             compress_settings={"memLevel": 5},
-        )
-    ]
+        ),
+    )
 
 
 def accept(request: webob.Request, key: str, options: Options, subprotocol: str | None) -> Accepted:
