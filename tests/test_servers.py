@@ -92,3 +92,25 @@ def test_unsupported_server_answers_501_and_logs_which_servers_work(kind):
         assert status == 200
     finally:
         server.stop()
+
+
+def test_frame_sent_with_the_handshake_is_not_lost(any_server):
+    """Bytes the server read past the request head (its buffer) reach the connection."""
+    import os
+    import socket
+
+    from .support import read_http_response
+
+    payload = b"pipelined before the 101"
+    key = os.urandom(4)
+    frame = bytes([0x81, 0x80 | len(payload)]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    with socket.create_connection(("127.0.0.1", any_server.port), timeout=5) as sock:
+        sock.sendall(upgrade_request("/ws/echo", any_server.port) + frame)
+        status, _, data = read_http_response(sock)
+        while len(data) < 2 + len(payload):
+            chunk = sock.recv(1024)
+            assert chunk, "connection closed before the echo"
+            data += chunk
+    assert status == 101
+    assert data[:2] == bytes([0x81, len(payload)])
+    assert data[2:] == payload
