@@ -10,23 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from websockets.frames import Frame, Opcode
-
-from .connection import WebSocket
+from .connection import WebSocket, encode_frame
 from .exceptions import ConnectionClosed
 
 __all__ = ["broadcast", "encode_frame"]
-
-
-def encode_frame(message: str | bytes) -> bytes:
-    """The unmasked, uncompressed frame of a text (``str``) or binary message."""
-    if type(message) is str:
-        return Frame(Opcode.TEXT, message.encode("utf-8")).serialize(mask=False)
-    if isinstance(message, (bytes, bytearray, memoryview)):
-        return Frame(Opcode.BINARY, bytes(message)).serialize(mask=False)
-    if isinstance(message, str):
-        return Frame(Opcode.TEXT, str(message).encode("utf-8")).serialize(mask=False)
-    raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
 
 
 def broadcast(websockets: Iterable[WebSocket], message: str | bytes) -> int:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .handler import WS
     from .transport import Transport
 
-__all__ = ["WebSocket", "PingWaiter", "live_connections"]
+__all__ = ["WebSocket", "PingWaiter", "live_connections", "encode_frame"]
 
 logger = logging.getLogger("wsmiddleware.connection")
 
@@ -50,6 +50,28 @@ _LIVE: set[WebSocket] = set()
 def live_connections() -> set[WebSocket]:
     """A snapshot of this process's open WebSocket connections."""
     return set(_LIVE)
+
+
+def _as_message(message: Any) -> str | bytes | bytearray | memoryview:
+    """``message`` as text or binary; ``str`` subclasses (markupsafe.Markup...) are text."""
+    if type(message) is str or isinstance(message, (bytes, bytearray, memoryview)):
+        return message
+    if isinstance(message, str):
+        return str(message)
+    raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
+
+
+def encode_frame(message: str | bytes | bytearray | memoryview) -> bytes:
+    """The unmasked, uncompressed server frame of a text (``str``) or binary message.
+
+    Its bytes are the same for every connection without an extension in effect,
+    which is what lets a broadcast encode once.
+    """
+    if type(message) is not str:
+        message = _as_message(message)
+    if type(message) is str:
+        return Frame(_TEXT, message.encode("utf-8")).serialize(mask=False)
+    return Frame(_BINARY, message).serialize(mask=False)  # type: ignore[arg-type]
 
 
 class PingWaiter:
@@ -112,7 +134,7 @@ class WebSocket:
         "protocol", "transport", "handler", "options", "_request", "environ", "path",
         "url_vars", "subprotocol", "remote_addr", "state", "dropped",
         "_queue", "_queued", "_writer", "_eof_pending", "_close_timer", "_greenlets",
-        "_pings", "_ka_ping", "_reader", "_last_recv", "_parts", "_decoder", "_done", "_closed_by_us",
+        "_pings", "_ka_ping", "_reader", "_last_recv", "_parts", "_decoder", "_done",
         "_loop", "_turn", "__weakref__",
     )
 
@@ -153,7 +175,6 @@ class WebSocket:
         self._parts: list[Any] | None = None
         self._decoder: Any = None
         self._done = False
-        self._closed_by_us = False
         # The event loop turn of the last direct send: later sends in the same turn
         # are batched into one write (see _send). libev counts turns; others do not.
         loop = gevent.get_hub().loop
@@ -224,10 +245,7 @@ class WebSocket:
         if protocol.state is not _OPEN or self._done:
             raise self._closed_error()
         if type(message) is not str:
-            if isinstance(message, str):  # str subclasses (markupsafe.Markup...) are text too
-                message = str(message)
-            elif not isinstance(message, (bytes, bytearray, memoryview)):
-                raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
+            message = _as_message(message)
         if self._queued and self._queued >= self.options.send_queue_limit:
             if self._overflow():
                 return
@@ -236,10 +254,7 @@ class WebSocket:
         ):
             # A server frame without extensions is exactly what send_text/send_binary
             # would queue: serialize it here and skip the protocol's queue on the hot path.
-            if type(message) is str:
-                self._send(Frame(_TEXT, message.encode("utf-8")).serialize(mask=False))
-            else:
-                self._send(Frame(_BINARY, message).serialize(mask=False))  # type: ignore[arg-type]
+            self._send(encode_frame(message))
             return
         if type(message) is str:
             protocol.send_text(message.encode("utf-8"))
@@ -308,7 +323,6 @@ class WebSocket:
         # before the peer's close (see _dispatch_before_close): one close frame only.
         if self._done or self.protocol.state is not _OPEN or self.protocol.close_sent is not None:
             return
-        self._closed_by_us = True
         self.protocol.send_close(code, reason)
         self._flush()
         self._start_close_timer()

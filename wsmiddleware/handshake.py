@@ -27,7 +27,7 @@ from websockets.utils import accept_key
 from .exceptions import HandshakeError
 from .options import Options
 
-__all__ = ["Accepted", "is_upgrade_request", "validate", "check_origin", "accept", "rejection"]
+__all__ = ["Accepted", "is_upgrade_request", "validate", "check_origin", "open_protocol", "accept", "rejection"]
 
 logger = logging.getLogger("wsmiddleware.handshake")
 
@@ -109,7 +109,7 @@ def check_origin(request: webob.Request, allowed_origins: tuple[str, ...] | None
 
 def select_subprotocol(request: webob.Request, supported: list[str] | tuple[str, ...] | None) -> str | None:
     """The first of the server's ``supported`` subprotocols that the client offers."""
-    offered = [p.strip() for p in request.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",") if p.strip()]
+    offered = offered_subprotocols(request)
     for candidate in supported or ():
         if candidate in offered:
             return candidate
@@ -167,13 +167,23 @@ def _extension_factories(options: Options) -> tuple[ServerPerMessageDeflateFacto
     )
 
 
-def accept(request: webob.Request, key: str, options: Options, subprotocol: str | None) -> Accepted:
-    """Negotiate extensions and build the 101 answer plus an OPEN protocol object."""
+def open_protocol(options: Options, extensions: tuple[ServerPerMessageDeflateFactory, ...] = ()) -> WSGIServerProtocol:
+    """A protocol in the OPEN state, for a connection whose HTTP handshake is done.
+
+    ``extensions`` are the factories it may still negotiate (see :func:`accept`).
+    """
     protocol = WSGIServerProtocol(
-        extensions=_extension_factories(options),
+        extensions=extensions,
         max_size=options.max_message_size,
         logger=logging.getLogger("wsmiddleware.protocol"),
     )
+    protocol.state = State.OPEN
+    return protocol
+
+
+def accept(request: webob.Request, key: str, options: Options, subprotocol: str | None) -> Accepted:
+    """Negotiate extensions and build the 101 answer plus an OPEN protocol object."""
+    protocol = open_protocol(options, _extension_factories(options))
     ws_headers = Headers()
     extensions_value = request.environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")
     try:
@@ -185,7 +195,6 @@ def accept(request: webob.Request, key: str, options: Options, subprotocol: str 
         raise HandshakeError(f"invalid Sec-WebSocket-Extensions header: {exc}", 400) from None
     protocol.extensions = extensions
     protocol.subprotocol = subprotocol  # type: ignore[assignment]
-    protocol.state = State.OPEN
     headers = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),

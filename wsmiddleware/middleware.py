@@ -122,7 +122,7 @@ class WebSocketMiddleware:
         if already_upgraded:
             # Its handler negotiated no extension and no subprotocol.
             subprotocol = getattr(environ["wsgi.websocket"], "protocol", None) or None
-            accepted = handshake.Accepted([], self._open_protocol(options, compression=False), subprotocol)
+            accepted = handshake.Accepted([], handshake.open_protocol(options), subprotocol)
         else:
             try:
                 accepted = handshake.accept(request, key, options, subprotocol)
@@ -144,20 +144,11 @@ class WebSocketMiddleware:
         websocket.run()
         return conn_transport.finish()
 
-    @staticmethod
-    def _open_protocol(options: Options, compression: bool) -> handshake.WSGIServerProtocol:
-        protocol = handshake.WSGIServerProtocol(
-            max_size=options.max_message_size,
-            logger=logging.getLogger("wsmiddleware.protocol"),
-        )
-        protocol.state = handshake.State.OPEN
-        return protocol
-
     def _refuse_upgraded(
         self, environ: dict[str, Any], start_response: Callable[..., Any], options: Options, reason: str
     ) -> Iterable[bytes]:
         """gevent-websocket already sent 101: refuse with close 1008 instead of a status."""
-        protocol = self._open_protocol(options, compression=False)
+        protocol = handshake.open_protocol(options)
         conn_transport = transport.take_over("gevent-websocket", environ, start_response, [])
         protocol.send_close(1008, reason[:120])
         try:
