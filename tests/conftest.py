@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.request
+from collections.abc import Callable
 
 import pytest
 
@@ -41,3 +43,17 @@ def events(server: ServerProcess, key: str) -> list:
 
 
 from .redis_support import fresh_redis, redis_server  # noqa: E402,F401  (pub/sub tests: a real redis-server)
+
+
+def wait_events(server: ServerProcess, key: str, predicate: Callable[[list], bool], timeout: float = 5.0,
+                sleep: Callable[[float], None] = time.sleep) -> list:
+    """Poll the server's events for ``key`` until ``predicate`` holds or ``timeout`` passes.
+
+    A test process running gevent clients passes ``gevent.sleep`` so they keep going.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = events(server, key)
+        if predicate(found) or time.monotonic() > deadline:
+            return found
+        sleep(0.05)

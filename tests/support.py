@@ -234,3 +234,16 @@ def _mask(payload: bytes, key: bytes) -> bytes:
     n = len(payload)
     repeated = (key * (n // 4 + 1))[:n]
     return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
+
+
+class Inbox:
+    """A callable pub/sub subscriber that remembers what it got."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, object]] = []
+
+    def __call__(self, channel, message) -> None:
+        self.got.append((channel, message))
+
+    def messages(self) -> list:
+        return [message for _, message in self.got]

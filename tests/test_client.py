@@ -23,7 +23,7 @@ from gevent.server import StreamServer
 from wsmiddleware import WS, ConnectionClosed, ConnectionRejected, ConnectionTimeout
 from wsmiddleware.client import connect
 
-from .conftest import events
+from .conftest import wait_events
 from .support import BIN, PYTHON, ServerProcess, free_port
 
 
@@ -66,15 +66,6 @@ def tls_server(request, certificate):
     server = ServerProcess(argv, port, name=f"client-apps-tls-{request.param}")
     yield server
     server.stop()
-
-
-def wait_events(server, key, predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = events(server, key)
-        if predicate(found) or time.monotonic() > deadline:
-            return found
-        gevent.sleep(0.05)
 
 
 # -- messages without a handler ----------------------------------------------------
@@ -161,7 +152,7 @@ def test_context_exit_closes_with_1000_seen_by_the_server(server):
         ws.send("one")
         assert ws.receive(timeout=5) == "one"
     assert ws.wait_closed(0)
-    found = wait_events(server, key, lambda e: any(x[0] == "close" for x in e))
+    found = wait_events(server, key, lambda e: any(x[0] == "close" for x in e), sleep=gevent.sleep)
     assert found[0] == ["open"]
     assert ["message", "one"] in found
     assert found[-1] == ["close", 1000, ""]
@@ -384,7 +375,7 @@ def test_a_raising_client_callback_closes_with_1011(server):
     connection.send("trigger")
     assert connection.wait_closed(5)
     assert connection.close_code == 1011
-    found = wait_events(server, key, lambda e: any(x[0] == "close" for x in e))
+    found = wait_events(server, key, lambda e: any(x[0] == "close" for x in e), sleep=gevent.sleep)
     assert found[-1] == ["close", 1011, "internal error"]
 
 
@@ -428,7 +419,7 @@ def test_client_max_message_size_closes_with_1009(apps_server):
 def test_client_keepalive_pings_an_idle_server(server):
     key = unique("client-keepalive")
     with connect(f"{server.url}/ws/record?id={key}", ping_interval=0.1, ping_timeout=2) as ws:
-        found = wait_events(server, key, lambda e: any(x[0] == "ping" for x in e))
+        found = wait_events(server, key, lambda e: any(x[0] == "ping" for x in e), sleep=gevent.sleep)
         assert not ws.closed
     assert any(x[0] == "ping" for x in found)
 

@@ -8,21 +8,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from .conftest import events
+from .conftest import events, wait_events
 from .support import RawWebSocket
 
 
 def unique(name: str) -> str:
     return f"{name}-{time.monotonic_ns()}"
-
-
-def wait_events(server, key, predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = events(server, key)
-        if predicate(found) or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
 
 
 def test_text_and_binary_echo(server):

@@ -8,18 +8,7 @@ import pytest
 from wsmiddleware import PubSubError
 from wsmiddleware.pubsub import MemoryPubSub
 
-
-class Inbox:
-    """A callable subscriber that remembers what it got."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[str, object]] = []
-
-    def __call__(self, channel, message) -> None:
-        self.got.append((channel, message))
-
-    def messages(self) -> list:
-        return [message for _, message in self.got]
+from .support import Inbox
 
 
 def test_fan_out_to_500_subscribers_once_each_in_order_per_publisher():

@@ -17,18 +17,7 @@ from wsmiddleware.pubsub import MemoryPubSub, RedisPubSub
 from wsmiddleware.pubsub.redis import decode_message, encode_message
 
 from .redis_support import RedisServer
-from .support import PYTHON, ROOT, free_port
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.got: list[tuple[str, object]] = []
-
-    def __call__(self, channel, message) -> None:
-        self.got.append((channel, message))
-
-    def messages(self) -> list:
-        return [message for _, message in self.got]
+from .support import PYTHON, ROOT, Inbox, free_port
 
 
 def wait_for(predicate, timeout: float = 10.0, step: float = 0.02) -> bool:
