@@ -6,7 +6,10 @@ Three paths, each with real processes and real clients:
   forwards it to its workers); the hook installs itself with the first WebSocket.
 * ``wsmiddleware.server`` (gevent.pywsgi with ``shutdown.install``): ``stop()``.
 * a plain ``gevent.pywsgi.WSGIServer`` with a pool and no hook: its ``stop()``
-  kills the connection greenlets, and each connection sends 1001 as it dies.
+  kills the connection greenlets, and each connection sends 1001 as it dies; a
+  parked connection has none, and the pool's stand-in greenlet closes it instead.
+
+Each with connections whose reader greenlet is running, and with parked ones.
 
 Clients that answer the close frame complete the closing handshake; one that
 never answers is cut off after ``close_timeout`` (2 s in this app).
@@ -23,12 +26,15 @@ from websockets.sync.client import connect
 
 from tests.conformance.rawclient import CLOSE, TEXT, RawClient
 from tests.robust_apps import server_counts, start, wait_until
+from wsmiddleware.connection import PARK_AFTER
 
 CLOSE_TIMEOUT = 2.0
 TOLERANCE = 3.0
 
 
-def open_clients(server, stack, n=3):
+def open_clients(server, stack, n=3, parked=False):
+    """``n`` clients and a mute one; ``parked``: wait until no greenlet reads any of them."""
+    base = server_counts(server, collect=True)["greenlets"]
     clients = [stack.enter_context(connect(f"{server.url}/ws/echo")) for _ in range(n)]
     for i, ws in enumerate(clients):
         ws.send(f"hello {i}")
@@ -36,6 +42,8 @@ def open_clients(server, stack, n=3):
     mute = stack.enter_context(RawClient(server.port))  # reads, but never answers the close frame
     mute.echo(TEXT, b"hello")
     assert wait_until(lambda: server_counts(server)["websockets"] == n + 1)
+    if parked:  # only the keepalive ticker and a pool's stand-in greenlet remain
+        assert wait_until(lambda: server_counts(server)["greenlets"] <= base + 2, timeout=PARK_AFTER + 5)
     return clients, mute
 
 
@@ -76,9 +84,10 @@ def serving(kind):
         server.stop()
 
 
-def test_gunicorn_worker_sigterm_closes_websockets_with_1001():
+@pytest.mark.parametrize("parked", [False, True], ids=["reading", "parked"])
+def test_gunicorn_worker_sigterm_closes_websockets_with_1001(parked):
     with serving("gunicorn") as (server, stack):
-        clients, mute = open_clients(server, stack)
+        clients, mute = open_clients(server, stack, parked=parked)
         worker = server_counts(server)["pid"]
         assert worker != server.proc.pid
         os.kill(worker, signal.SIGTERM)
@@ -111,10 +120,11 @@ def test_gunicorn_master_sigterm_closes_websockets_with_1001_and_exits():
         assert "Worker graceful timeout" not in server.log()
 
 
+@pytest.mark.parametrize("parked", [False, True], ids=["reading", "parked"])
 @pytest.mark.parametrize("kind", ["wsm", "pywsgi-pool"], ids=["shutdown.install", "GreenletExit"])
-def test_pywsgi_stop_closes_websockets_with_1001_and_exits(kind):
+def test_pywsgi_stop_closes_websockets_with_1001_and_exits(kind, parked):
     with serving(kind) as (server, stack):
-        clients, mute = open_clients(server, stack)
+        clients, mute = open_clients(server, stack, parked=parked)
         server.proc.send_signal(signal.SIGTERM)
         assert_closed_with_1001(clients, mute)
         assert server.proc.wait(timeout=15) == 0

@@ -1,10 +1,16 @@
 """The ``websocket`` object handed to handler callbacks, and its I/O loop.
 
 Frames come from the ``websockets`` sans-I/O protocol; this module adds the
-gevent side: one greenlet reads and dispatches callbacks in order, writes from
-any greenlet go straight to the socket when nothing is queued and through a
+gevent side: one greenlet at a time reads and dispatches callbacks in order, writes
+from any greenlet go straight to the socket when nothing is queued and through a
 bounded queue drained by a short-lived writer greenlet otherwise, so that a slow
 reader never blocks whoever writes to it.
+
+Where the transport allows it, a connection with nothing to read *parks*: its
+reader greenlet ends, and a new one starts when the peer sends something. A
+fresh connection parks as soon as it waits; a reading one once it has been idle
+for :data:`PARK_AFTER` seconds (the keepalive ticker checks). Thousands of idle
+connections then hold no greenlet stacks.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 #: Every open connection of this process (graceful shutdown, limits, leak checks).
 _LIVE: set[WebSocket] = set()
 
+#: Seconds without input after which a waiting reader greenlet is let go.
+PARK_AFTER = 1.0
+
 
 def live_connections() -> set[WebSocket]:
     """A snapshot of this process's open WebSocket connections."""
@@ -77,15 +86,15 @@ def encode_frame(message: str | bytes | bytearray | memoryview) -> bytes:
 class PingWaiter:
     """Waitable returned by :meth:`WebSocket.ping`; resolved by the matching pong."""
 
-    __slots__ = ("payload", "sent_at", "timeout", "_result", "_reader", "_pending")
+    __slots__ = ("payload", "sent_at", "timeout", "_result", "_websocket", "_pending")
 
-    def __init__(self, payload: bytes, timeout: float | None, reader: Any = None,
+    def __init__(self, payload: bytes, timeout: float | None, websocket: WebSocket | None = None,
                  pending: dict[bytes, PingWaiter] | None = None) -> None:
         self.payload = payload
         self.sent_at = _monotonic()
         self.timeout = timeout
         self._result: AsyncResult = AsyncResult()
-        self._reader = reader
+        self._websocket = websocket
         self._pending = pending
 
     def ready(self) -> bool:
@@ -101,7 +110,8 @@ class PingWaiter:
         """
         if timeout == -1.0:
             timeout = self.timeout
-        if self._reader is not None and gevent.getcurrent() is self._reader and not self._result.ready():
+        websocket = self._websocket
+        if websocket is not None and gevent.getcurrent() is websocket._reader and not self._result.ready():
             # The pong can only be read by this very greenlet: waiting here would deadlock.
             raise RuntimeError("cannot wait for a pong inside a callback; wait in websocket.spawn(...) instead")
         try:
@@ -299,7 +309,7 @@ class WebSocket:
             self._pings = OrderedDict()
         if payload in self._pings:
             raise ValueError("a ping with this payload is already waiting for its pong")
-        waiter = PingWaiter(payload, self.options.ping_timeout, self._reader, self._pings)
+        waiter = PingWaiter(payload, self.options.ping_timeout, self, self._pings)
         self._pings[payload] = waiter
         self.protocol.send_ping(payload)
         self._flush()
@@ -455,9 +465,9 @@ class WebSocket:
             logger.info("%r: closing handshake timed out after %s s", self, self.options.close_timeout)
             self._abort()
 
-    # -- keepalive ----------------------------------------------------------------
+    # -- keepalive and parking -------------------------------------------------------
 
-    def _keepalive(self, now: float) -> None:
+    def _tick(self, now: float) -> None:
         """Called periodically by the keepalive ticker."""
         options = self.options
         waiter = self._ka_ping
@@ -472,26 +482,36 @@ class WebSocket:
                     self._flush()
                 # A dead or half-open peer will not answer the close frame.
                 self._abort()
-            return
-        if options.ping_interval is not None and now - self._last_recv >= options.ping_interval:
+                return
+        elif options.ping_interval is not None and now - self._last_recv >= options.ping_interval:
             if self.protocol.state is _OPEN and not self._done:
                 self._ka_ping = self.ping()
+        transport = self.transport
+        if transport.parkable and transport.waiting and now - self._last_recv >= PARK_AFTER:
+            transport.interrupt()
 
     # -- the read loop ----------------------------------------------------------
 
     def run(self) -> None:
-        """Serve the connection until it ends: read, dispatch, then clean up."""
-        _LIVE.add(self)
-        self._reader = gevent.getcurrent()
-        keepalive = self.options.ping_interval is not None
-        if keepalive:
-            from .keepalive import keepalive_ticker
+        """Serve the connection: open it, then read and dispatch until it ends or parks.
 
-            keepalive_ticker.add(self)
+        Returns when the connection has ended, or once it has parked (the
+        transport then owns the socket and a later reader greenlet goes on).
+        """
+        from .keepalive import keepalive_ticker
+
+        _LIVE.add(self)
+        keepalive_ticker.add(self)
+        self._serve(True)
+
+    def _serve(self, opening: bool = False) -> None:
+        self._reader = gevent.getcurrent()
+        parked = False
         try:
             try:
-                self._call(self.handler.on_open)
-                self._read_loop()
+                if opening:
+                    self._call(self.handler.on_open)
+                parked = self._read_loop(opening)
             except GreenletExit:
                 # The server kills connection greenlets when it stops (pywsgi's stop(),
                 # gunicorn after its graceful timeout): tell the peer why, and let it
@@ -500,25 +520,51 @@ class WebSocket:
                     raise
                 self.close(1001, "server shutting down")
                 try:
-                    self._read_loop()
+                    self._read_loop(False, park=False)
                 except GreenletExit:
                     pass
                 raise
         finally:
-            if keepalive:
+            self._reader = None
+            if not parked:
                 from .keepalive import keepalive_ticker
 
                 keepalive_ticker.discard(self)
-            self._finish()
+                self._finish()
 
-    def _read_loop(self) -> None:
+    def _wake(self) -> None:
+        """From the hub: a parked connection has input; a new greenlet reads it."""
+        self.transport.unpark()
+        if self._reader is None:
+            self._reader = gevent.spawn(self._serve)
+
+    def _server_stopping(self) -> None:
+        """The server this connection parked off is stopping."""
+        self.close(1001, "server shutting down")
+
+    def _read_loop(self, fresh: bool, park: bool = True) -> bool:
+        """Read and dispatch until the connection ends (False) or parks (True).
+
+        ``fresh``: parks at the first wait (a new connection usually waits).
+        """
         protocol = self.protocol
         transport = self.transport
+        park_now = fresh and park and transport.parkable
         while True:
             try:
-                data = transport.recv()
+                data = transport.recv(park_now)
             except OSError:
                 data = b""
+            park_now = False
+            if data is None:
+                # Parked only with no write in flight: the writer's socket is
+                # replaced by the first park.
+                if (
+                    park and not self._done and self._writer is None and protocol.state is _OPEN
+                    and transport.park(self._wake, self._server_stopping, self.options.close_timeout)
+                ):
+                    return True
+                continue
             was_open = protocol.state is _OPEN
             if data:
                 self._last_recv = _monotonic()
@@ -533,7 +579,7 @@ class WebSocket:
                 for event in events:
                     self._dispatch(event)
             if not data or protocol.state is _CLOSED:
-                return
+                return False
             if protocol.state is not _OPEN:
                 self._start_close_timer()
 
@@ -577,6 +623,7 @@ class WebSocket:
             self._writer.join(timeout=self.options.close_timeout)
             self._writer.kill(block=False)
         self.transport.shutdown()
+        self.transport.close()
         if self._pings:
             error = self._closed_error()
             for waiter in self._pings.values():

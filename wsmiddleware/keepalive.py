@@ -2,6 +2,7 @@
 
 A greenlet per connection would cost memory on every idle socket; a single
 ticker walking the open connections a few times per ping interval is cheaper.
+It also lets readers that have been waiting a while park (see connection.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __all__ = ["KeepaliveTicker", "keepalive_ticker"]
 
 
 class KeepaliveTicker:
-    """Calls ``websocket._keepalive(now)`` on each registered connection periodically."""
+    """Calls ``websocket._tick(now)`` on each registered connection periodically."""
 
     def __init__(self) -> None:
         self.connections: set[WebSocket] = set()
@@ -43,7 +44,7 @@ class KeepaliveTicker:
             now = time.monotonic()
             for websocket in list(self.connections):
                 try:
-                    websocket._keepalive(now)
+                    websocket._tick(now)
                 except Exception:  # a closed connection must not stop the others' keepalive
                     self.connections.discard(websocket)
         self._greenlet = None

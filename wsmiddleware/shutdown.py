@@ -8,8 +8,9 @@ why and can reconnect elsewhere, and gives each closing handshake up to its
 
 * gunicorn (``-k gevent`` or ``-k gevent_pywsgi``): nothing to do. When the first
   WebSocket opens in a worker, :func:`admit` chains the worker's SIGTERM (graceful
-  stop, also what the master sends on its own SIGTERM) and SIGQUIT/SIGINT (quick
-  stop) handlers with :func:`close_all`.
+  stop, also what the master sends on its own SIGTERM: the worker stops once the
+  connections have closed) and SIGQUIT/SIGINT (quick stop) handlers with
+  :func:`close_all`.
 * gevent.pywsgi: call :func:`install` on the server (``wsmiddleware.server.WSGIServer``
   does it for you); its ``stop()`` then closes the WebSockets before stopping.
 * Any server that kills the connection greenlet (``GreenletExit``) still gets a
@@ -124,6 +125,13 @@ def _gunicorn_worker_of(handler: Any) -> Any:
     return owner if isinstance(owner, Worker) else None
 
 
+def _close_all_then(previous: Any, sig: int, frame: Any) -> None:
+    try:
+        close_all(GOING_AWAY, REASON)
+    finally:
+        previous(sig, frame)
+
+
 def _hook_gunicorn_worker() -> None:
     """Chain a gunicorn worker's stop signals with close_all, if this is one."""
     for signum, wait in ((signal.SIGTERM, None), (signal.SIGQUIT, 0.0), (signal.SIGINT, 0.0)):
@@ -136,10 +144,15 @@ def _hook_gunicorn_worker() -> None:
 
         def handler(sig: int, frame: Any, previous: Any = previous, wait: float | None = wait) -> None:
             # Signal handlers must not block: the closing runs in its own greenlet.
-            # On SIGTERM the worker then waits (graceful_timeout) for the connections
-            # to end; on SIGQUIT/SIGINT it exits at once, so the frames just go out.
-            gevent.spawn(close_all, GOING_AWAY, REASON, wait)
-            previous(sig, frame)
+            # On SIGTERM the worker stops only once the closing handshakes are done
+            # (at most close_timeout): it would not wait for parked connections,
+            # which hold no request of its pool. On SIGQUIT/SIGINT it exits at
+            # once, so the frames just go out.
+            if wait is None:
+                gevent.spawn(_close_all_then, previous, sig, frame)
+            else:
+                gevent.spawn(close_all, GOING_AWAY, REASON, wait)
+                previous(sig, frame)
 
         try:
             signal.signal(signum, handler)

@@ -10,7 +10,13 @@ Each gevent server hands its connection over differently (see DESIGN.md):
 * gevent-websocket's handler: it has already answered 101 and put its own object
   in ``environ["wsgi.websocket"]``; we take its socket and reader.
 
-A :class:`Transport` then offers the few byte-level operations the connection needs.
+A :class:`Transport` then offers the few byte-level operations the connection needs,
+and, on pywsgi and gunicorn's gevent worker, lets an idle connection *park*: the
+socket is detached from the server (which then finishes the request as if the
+connection had ended) and no greenlet waits on it until the peer sends something.
+An idle connection then costs its socket and a few objects, not a greenlet's
+stack. A stand-in greenlet in the server's pool keeps ``stop()`` able to reach
+parked connections (see :class:`_PoolTie`).
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import gevent
 import gevent.pywsgi as _pywsgi
 import gevent.socket
 import gevent.ssl
+from gevent.event import Event
 from gevent.exceptions import InvalidSwitchError
 from gevent.hub import Waiter
+from gevent.pool import PoolFull
 
 __all__ = ["Transport", "TransportUnavailable", "detect", "SUPPORTED_SERVERS"]
 
@@ -73,7 +81,7 @@ class Transport:
 
     __slots__ = (
         "sock", "_raw", "_read", "_raw_recv_into", "_drained", "_buffer", "_pending", "_finish",
-        "remote_addr", "closed",
+        "remote_addr", "closed", "parkable", "detached", "_waiter", "_release", "_pool", "_tie",
     )
 
     def __init__(
@@ -82,8 +90,10 @@ class Transport:
         *,
         reader: io.BufferedReader | None = None,
         pending: bytes = b"",
-        finish: Callable[[], Any] | None = None,
+        finish: Callable[[Transport], Any] | None = None,
         remote_addr: str | None = None,
+        release: Callable[[], Any] | None = None,
+        pool: Any = None,
     ) -> None:
         self.sock = sock
         # gevent sockets wrap a non-blocking OS socket: writing to it directly lets
@@ -118,12 +128,22 @@ class Transport:
         self._finish = finish
         self.remote_addr = remote_addr
         self.closed = False
+        # Parking needs a socket the server can let go of (``release`` tells it to)
+        # and nothing left in the server's reader.
+        self.parkable = release is not None and self._raw_recv_into is not None and self._read is None
+        self.detached = False
+        self._waiter: Waiter | None = None
+        self._release = release
+        self._pool = pool
+        self._tie: _PoolTie | None = None
 
-    def recv(self) -> bytes | memoryview:
+    def recv(self, park: bool = False) -> bytes | memoryview | None:
         """The next bytes from the peer; empty at end of stream.
 
         The result may be a view of a buffer that the next ``recv`` of any
         connection of this thread overwrites: consume it before doing I/O.
+        ``None`` means: go park instead of waiting; given when ``park`` is true
+        and there is nothing to read yet, or when :meth:`interrupt` ended a wait.
         """
         if self._pending:
             data, self._pending = self._pending, b""
@@ -142,17 +162,22 @@ class Transport:
                 event = sock._read_event
                 if event is None:  # closed by another greenlet
                     return b""
+                if park:
+                    return None
                 if sock.timeout is None and event.callback is None:
                     # What sock._wait comes to without a timeout (hub.wait), spelled
-                    # out: this greenlet, idle right here, then keeps about 1 KiB
-                    # less C stack than after gevent's nested compiled calls.
-                    waiter = Waiter(sock.hub)
+                    # out, so that interrupt() can end it.
+                    waiter = self._waiter = Waiter(sock.hub)
                     event.start(waiter.switch, waiter)
                     try:
-                        if waiter.get() is not waiter:
-                            raise InvalidSwitchError(f"invalid switch into {gevent.getcurrent()!r} waiting on {event!r}")
+                        woken = waiter.get()
                     finally:
                         event.stop()
+                        self._waiter = None
+                    if woken is _INTERRUPT:
+                        return None
+                    if woken is not waiter:
+                        raise InvalidSwitchError(f"invalid switch into {gevent.getcurrent()!r} waiting on {event!r}")
                 else:
                     sock._wait(event)
             try:
@@ -162,6 +187,74 @@ class Transport:
                 continue
             self._drained = n < READ_BUFFER_SIZE
             return buffer[:n]
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a greenlet is blocked in :meth:`recv`, waiting for the peer."""
+        return self._waiter is not None
+
+    def interrupt(self) -> None:
+        """Make a :meth:`recv` waiting right now return ``None`` (go park)."""
+        waiter = self._waiter
+        if waiter is not None:
+            # From the hub, as gevent's waiters require; if data wins the race,
+            # this lands in a waiter nobody reads any more.
+            self.sock.hub.loop.run_callback(waiter.switch, _INTERRUPT)
+
+    def park(self, wake: Callable[[], Any], server_stop: Callable[[], Any], close_timeout: float) -> bool:
+        """Call ``wake()`` from the hub once the peer sends something; False if impossible.
+
+        The first park takes the socket from the server: ``server_stop()`` is
+        then called if the server stops (its pool kills our stand-in greenlet).
+        ``wake`` must call :meth:`unpark`.
+        """
+        if not self.parkable or self.closed:
+            return False
+        if not self.detached and not self._detach(server_stop, close_timeout):
+            self.parkable = False
+            return False
+        event = self.sock._read_event
+        if event is None:
+            return False
+        event.start(wake)
+        return True
+
+    def unpark(self) -> None:
+        """Stop watching a parked socket; the next recv reads at once."""
+        self._drained = False
+        event = self.sock._read_event
+        if event is not None:
+            event.stop()
+
+    def _detach(self, server_stop: Callable[[], Any], close_timeout: float) -> bool:
+        """Own the socket from now on; the server finishes its request without it."""
+        if self._pool is not None:
+            tie = _PoolTie.of(self._pool)
+            if tie is None:  # the pool is full: keep the connection in the request
+                return False
+            tie.add(self, server_stop, close_timeout)
+            self._tie = tie
+        old = self.sock
+        fd = old.detach()
+        # The server's socket object is now a closed proxy that it may close
+        # again harmlessly; this one is the connection's.
+        self.sock = sock = gevent.socket.socket(old.family, old.type, old.proto, fileno=fd)
+        self._raw = sock._sock
+        self._raw_recv_into = sock._sock.recv_into
+        self.detached = True
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+        return True
+
+    def close(self) -> None:
+        """Close a socket the server let go of (others are the server's to close)."""
+        if self._tie is not None:
+            self._tie.discard(self)
+            self._tie = None
+        if self.detached:
+            self.closed = True
+            self.sock.close()
 
     def try_send(self, data: bytes | memoryview) -> int:
         """Write what the kernel takes now without waiting; return how many bytes."""
@@ -187,11 +280,73 @@ class Transport:
             pass
 
     def finish(self) -> Any:
-        """The WSGI return value that tells the server the connection is done."""
-        self.shutdown()
+        """The WSGI return value that tells the server the connection is done (or parked)."""
+        if not self.detached:
+            self.shutdown()
         if self._finish is not None:
-            return self._finish()
+            return self._finish(self)
         return []
+
+
+_INTERRUPT = object()
+
+
+class _PoolTie:
+    """A greenlet in a server's pool standing in for the connections parked off it.
+
+    gevent servers with a pool (pywsgi's WSGIServer, gunicorn's gevent_pywsgi
+    worker) stop by waiting for their pool and then killing what is left. A
+    parked connection has no greenlet there: this one is killed instead, and
+    closes them (``server_stop``), waiting up to their close timeout. It takes a
+    single slot of the pool for all of them, and ends with the last one.
+    """
+
+    _ties: weakref.WeakKeyDictionary[Any, _PoolTie] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, pool: Any) -> _PoolTie | None:
+        tie = cls._ties.get(pool)
+        if tie is None:
+            tie = cls(pool)
+            try:
+                pool.add(tie.greenlet, blocking=False)
+            except PoolFull:
+                return None
+            cls._ties[pool] = tie
+            tie.greenlet.start()
+        return tie
+
+    def __init__(self, pool: Any) -> None:
+        self.members: dict[Transport, Callable[[], Any]] = {}
+        self.close_timeout = 0.0
+        self.empty = Event()
+        self.greenlet = gevent.Greenlet(self._run, pool)
+
+    def add(self, transport: Transport, server_stop: Callable[[], Any], close_timeout: float) -> None:
+        self.members[transport] = server_stop
+        self.close_timeout = max(self.close_timeout, close_timeout)
+        self.empty.clear()
+
+    def discard(self, transport: Transport) -> None:
+        self.members.pop(transport, None)
+        if not self.members:
+            self.empty.set()
+
+    def _run(self, pool: Any) -> None:
+        try:
+            while self.members:
+                self.empty.wait()
+        except gevent.GreenletExit:
+            for server_stop in list(self.members.values()):
+                try:
+                    server_stop()
+                except Exception:  # one broken connection must not keep the others open
+                    logger.exception("could not close a parked connection")
+            self.empty.wait(self.close_timeout)
+            raise
+        finally:
+            if self._ties.get(pool) is self:
+                del self._ties[pool]
 
 
 def _take_buffered(reader: io.BufferedReader, sock: Any) -> tuple[bytes, bool]:
@@ -214,6 +369,18 @@ def _take_buffered(reader: io.BufferedReader, sock: Any) -> tuple[bytes, bool]:
     finally:
         sock.settimeout(timeout)
     return b"".join(chunks), False
+
+
+def _nothing() -> None:
+    pass
+
+
+def _pywsgi_release(handler: Any) -> Callable[[], None]:
+    def release() -> None:
+        # Read no further request on a socket that is not the server's any more.
+        handler.close_connection = True
+
+    return release
 
 
 def _socket_of_reader(reader: Any) -> Any:
@@ -290,7 +457,7 @@ def take_over(
         gws = environ["wsgi.websocket"]
         handler = gws.stream.handler
 
-        def finish_gws() -> list[bytes]:
+        def finish_gws(conn: Transport) -> list[bytes]:
             # Its handler closes "its" websocket after we return; we already did.
             gws.closed = True
             return []
@@ -309,18 +476,30 @@ def take_over(
             pending = unreader.buf.getvalue()
             unreader.buf = io.BytesIO()
 
-        def finish_gunicorn() -> Any:
-            if _GUNICORN_HANDLED is not None:
+        def finish_gunicorn(conn: Transport) -> Any:
+            # After ALREADY_HANDLED its keep-alive loop reads the next request: fine
+            # from a socket we shut down, but a parked connection's socket is no
+            # longer its own. StopIteration ends that loop; it then closes only its
+            # socket object, which closes nothing after a detach.
+            if _GUNICORN_HANDLED is not None and not conn.detached:
                 return _GUNICORN_HANDLED
             raise StopIteration()
 
-        return Transport(sock, pending=pending, finish=finish_gunicorn, remote_addr=remote)
+        # Its pool is out of reach: a graceful stop reaches parked connections
+        # through wsmiddleware.shutdown's signal hook instead.
+        return Transport(sock, pending=pending, finish=finish_gunicorn, remote_addr=remote, release=_nothing)
     reader = _raw_reader(environ)
     sock = environ.get("gunicorn.sock") or _socket_of_reader(reader)
     write = start_response("101 Switching Protocols", headers)
     write(b"")
     _forget_request_head(start_response)
-    conn = Transport(sock, reader=reader, remote_addr=remote)
+    owner = getattr(start_response, "__self__", None)
+    release: Callable[[], None] | None = None
+    pool = None
+    if isinstance(owner, _pywsgi.WSGIHandler):
+        pool = getattr(owner.server, "pool", None)
+        release = _pywsgi_release(owner)
+    conn = Transport(sock, reader=reader, remote_addr=remote, release=release, pool=pool)
     if conn._read is None and isinstance(reader, io.BufferedReader) and reader is environ.get("wsgi.input"):
         # All it buffered is in the transport now. Closing it frees its buffer for
         # the connection's lifetime (the socket stays open), and pywsgi, seeing it
