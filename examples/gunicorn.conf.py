@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 # Behind a reverse proxy, listen on loopback only; the proxy faces the network.
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 
-# gevent: one worker per core, each holding thousands of connections in greenlets.
-# (A WebSocket holds its worker connection slot for as long as it is open.)
+# gevent: one worker per core, each holding thousands of connections.
+# (A WebSocket holds a worker connection slot only during its handshake and on_open;
+# cap open WebSockets with the middleware's max_connections.)
 worker_class = "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "10000"))
