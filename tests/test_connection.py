@@ -240,3 +240,33 @@ def test_valid_close_codes_are_echoed(server):
     for code in (1000, 1001, 3000, 4999):
         assert close_after(server, dict(opcode=0x8, payload=struct.pack("!H", code) + b"ok")) == (code, "ok")
     assert close_after(server, dict(opcode=0x8, payload=b"")) == (None, "")
+
+
+@pytest.mark.parametrize("length", [65536, 65537, 2**20, 2**24 + 3])
+@pytest.mark.parametrize("opcode", ["TEXT", "BINARY"])
+def test_big_frames_get_the_header_websockets_would_write(opcode, length):
+    from websockets.frames import Frame, Opcode
+
+    from wsmiddleware.connection import _large_frame_header
+
+    payload = b"a" * length
+    frame = Frame(Opcode[opcode], payload).serialize(mask=False)
+    assert _large_frame_header(Opcode[opcode], length) + payload == frame
+
+
+def test_big_messages_survive_a_reader_slower_than_the_socket(server):
+    """Partly sent big frames (header and payload written apart) continue whole."""
+    import hashlib
+
+    # Within the default max_message_size (1 MiB), more than loopback buffers hold.
+    sizes = [2**16, 2**20 - 7, 2**17 + 1] + [2**20] * 9
+    with connect(f"{server.url}/ws/echo", max_size=None) as ws:
+        payloads = [hashlib.sha256(str(n).encode()).digest() * (n // 32) + b"x" * (n % 32) for n in sizes]
+        for payload in payloads:
+            ws.send(payload)
+        text = "é" * (2**18)
+        ws.send(text)
+        time.sleep(0.3)  # let the server fill the socket while we do not read
+        for payload in payloads:
+            assert ws.recv(timeout=10) == payload
+        assert ws.recv(timeout=10) == text

@@ -265,6 +265,15 @@ class Transport:
         except (BlockingIOError, InterruptedError):
             return 0
 
+    def try_send_parts(self, *parts: bytes | bytearray | memoryview) -> int:
+        """Like :meth:`try_send` for ``parts`` in order, in one vectored write."""
+        if self._raw is None:
+            return 0
+        try:
+            return self._raw.sendmsg(parts)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
     def sendall(self, data: bytes | memoryview) -> None:
         """Write everything, waiting cooperatively for the peer to read."""
         self.sock.sendall(data)
