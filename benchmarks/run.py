@@ -2,17 +2,18 @@
 """Benchmark wsmiddleware against other Python WebSocket stacks, in one run, on loopback.
 
     python benchmarks/run.py [--quick] [--scenarios echo-small,fanout-1000] [--servers wsm,websockets]
-                             [--repeats N] [--json PATH]
+                             [--repeats N] [--client auto|ws|lean] [--json PATH]
 
 Every scenario runs against wsmiddleware and the anchors (gevent-websocket 0.10.1,
 simple-websocket, the websockets library's asyncio server, and a raw gevent TCP echo
 as the ceiling), each measurement on a freshly started server, driven by a Node.js
-load generator (``ws`` package) in its own process. Server and load generator are
-pinned to different CPUs when ``taskset`` is there. The script prints a table and
-writes a JSON file of medians (with min and max over the repeats) and of the ratio
-of wsmiddleware to each anchor. It installs what it needs by itself (``npm ci`` for
-the load generator, the ``bench`` extra of setup.cfg for the anchors) and stops
-every process it started, by pid.
+load generator in its own process: the ``ws`` package, or where one core of it would
+be the bottleneck (large echoes, fan-out subscribers) a lean client of its own; each
+table names its client. Server and load generator are pinned to different CPUs when
+``taskset`` is there. The script prints a table and writes a JSON file of medians
+(with min and max over the repeats) and of the ratio of wsmiddleware to each anchor.
+It installs what it needs by itself (``npm ci`` for the load generator, the ``bench``
+extra of setup.cfg for the anchors) and stops every process it started, by pid.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class Scenario:
     metrics: tuple[Metric, ...]
     extract: Callable[[dict[str, Any], dict[str, Any]], dict[str, float]]
     timeout_s: float = 120.0
+    # The load generator's WebSocket client: "ws" (the npm package), or "lean"
+    # (loadgen.js openLean) where a single core of `ws` would cap every server alike.
+    # A fan-out's publisher is a `ws` client either way.
+    client: str = "ws"
 
     def config(self, quick: bool) -> dict[str, Any]:
         return {**self.params, **(self.quick if quick else {})}
@@ -170,6 +175,7 @@ SCENARIOS = {
             (Metric("mib_s", "MiB/s", "higher", "{:,.1f}"), Metric("cpu_us_per_rt", "srv CPU µs/MiB echoed", "lower"),
              *CPU_METRICS),
             _echo,
+            client="lean",
         ),
         Scenario(
             "fanout-1000", "{subscribers} subscribers, one publisher sending {messages} messages at once",
@@ -178,6 +184,7 @@ SCENARIOS = {
             {},
             FANOUT_METRICS,
             _fanout,
+            client="lean",
         ),
         Scenario(
             "fanout-5000", "{subscribers} subscribers, one publisher sending {messages} messages at once",
@@ -187,6 +194,7 @@ SCENARIOS = {
             FANOUT_METRICS,
             _fanout,
             timeout_s=240,
+            client="lean",
         ),
         Scenario(
             "fanout-paced", "{subscribers} subscribers, {rate} messages/s for {messages} messages: delivery latency",
@@ -194,8 +202,10 @@ SCENARIOS = {
             {"subscribers": 1000, "messages": 100, "rate": 20},
             {"messages": 20},
             (Metric("p99_ms", "p99 ms", "lower", "{:.2f}"), Metric("p50_ms", "p50 ms", "lower", "{:.2f}"),
-             Metric("cpu_us_per_delivery", "srv CPU µs/delivery", "lower", "{:.2f}")),
+             Metric("cpu_us_per_delivery", "srv CPU µs/delivery", "lower", "{:.2f}"),
+             *CPU_METRICS),
             _fanout,
+            client="lean",
         ),
         Scenario(
             "idle", "{conns} open idle connections: server memory per connection",
@@ -214,6 +224,7 @@ SCENARIOS = {
             (Metric("rate", "deliveries/s", "higher"), Metric("p99_ms", "p99 ms", "lower", "{:.1f}"),
              Metric("cpu_us_per_delivery", "srv CPU µs/delivery", "lower", "{:.2f}")),
             _fanout,
+            client="lean",
         ),
     ]
 }
@@ -386,11 +397,12 @@ def idle_conns_for(server_id: str, wanted: int) -> int:
     return max(100, min(wanted, (FD_LIMIT - FD_MARGIN) // fds_per_conn))
 
 
-def measure(scenario: Scenario, server_id: str, quick: bool, redis_url: str | None) -> dict[str, float]:
+def measure(scenario: Scenario, server_id: str, quick: bool, redis_url: str | None,
+            client: str = "ws") -> dict[str, float]:
     cfg = scenario.config(quick)
     params = dict(cfg)
     server = SERVERS[server_id]
-    load: dict[str, Any] = {"mode": scenario.mode, "protocol": "ws" if server.ws else "tcp"}
+    load: dict[str, Any] = {"mode": scenario.mode, "protocol": "ws" if server.ws else "tcp", "client": client}
     if scenario.mode == "echo":
         load.update(conns=cfg["conns"], size=cfg["size"], binary=cfg["binary"], duration_s=cfg["duration_s"])
     elif scenario.mode == "fanout":
@@ -491,9 +503,10 @@ def fmt_stat(metric: Metric, stats: dict[str, float] | None, repeats: int) -> st
     return text
 
 
-def print_table(scenario: Scenario, cfg: dict[str, Any], summary: dict[str, Any], repeats: int) -> None:
+def print_table(scenario: Scenario, cfg: dict[str, Any], summary: dict[str, Any], repeats: int,
+                client: str) -> None:
     title_cfg = {**cfg, "size_mib": cfg.get("size", 0) / 2**20}
-    print(f"\n## {scenario.name}: {scenario.title.format(**title_cfg)}")
+    print(f"\n## {scenario.name}: {scenario.title.format(**title_cfg)} (client: {client})")
     primary = scenario.metrics[0]
     headers = ["server"] + [m.label for m in scenario.metrics] + [f"wsm ÷ this ({primary.label})"]
     rows = []
@@ -555,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated: " + ", ".join(SERVERS))
     parser.add_argument("--repeats", type=int, default=None, help="measurements per server and scenario "
                         "(default 3, or 1 with --quick)")
+    parser.add_argument("--client", choices=("auto", "ws", "lean"), default="auto",
+                        help="the load generator's WebSocket client: auto (each scenario's own: the lean "
+                        "one for echo-large and the fan-outs), or one for all, to compare them")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results "
                         "(default benchmarks/results/bench-<time>.json)")
     args = parser.parse_args(argv)
@@ -602,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick,
         "repeats": repeats,
+        "client": args.client,
         "pinning": procs.pinning_note(),
         "cpus": len(procs.CPUS),
         "load_average_at_start": os.getloadavg(),
@@ -620,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             servers = [s for s in scenario.servers if s in chosen]
             if not servers:
                 continue
+            client = scenario.client if args.client == "auto" else args.client
             runs: dict[str, list[dict[str, float]]] = {s: [] for s in servers}
             errors: dict[str, list[str]] = {s: [] for s in servers}
             for rep in range(repeats):
@@ -631,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {label} ...", end="", flush=True)
                     t0 = time.monotonic()
                     try:
-                        values = measure(scenario, sid, args.quick, redis[1] if redis else None)
+                        values = measure(scenario, sid, args.quick, redis[1] if redis else None, client)
                         runs[sid].append(values)
                         primary = scenario.metrics[0]
                         print(f" {primary.fmt.format(values[primary.key])} {primary.label}"
@@ -655,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {
                 "title": scenario.title.format(**{**cfg, "size_mib": cfg.get("size", 0) / 2**20}),
                 "params": cfg,
+                "client": client,
                 "metrics": {m.key: {"label": m.label, "better": m.better} for m in scenario.metrics},
                 "servers": summary,
                 "ratios": ratios(summary),
@@ -666,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n# Results ({'quick' if args.quick else 'full'} run, median of {repeats}"
           f"{', min–max in brackets' if repeats > 1 else ''}; {meta['pinning']})")
     for name, data in results.items():
-        print_table(SCENARIOS[name], data["params"], data["servers"], repeats)
+        print_table(SCENARIOS[name], data["params"], data["servers"], repeats, data["client"])
         workers = data["servers"].get("wsm-gunicorn", {}).get("workers")
         if name == "cross-worker":
             print("(not pinned: the two workers, Redis and the load generator share every CPU)")

@@ -464,7 +464,7 @@ class WebSocket:
         if loop is not None:
             self._turn = loop.iteration
         try:
-            sent = transport.try_send_parts(header, payload)
+            sent = transport.try_send(header, payload)
         except OSError:
             self._abort()
             return

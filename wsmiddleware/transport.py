@@ -256,21 +256,15 @@ class Transport:
             self.closed = True
             self.sock.close()
 
-    def try_send(self, data: bytes | memoryview) -> int:
-        """Write what the kernel takes now without waiting; return how many bytes."""
-        if self._raw is None:
-            return 0
-        try:
-            return self._raw.send(data)
-        except (BlockingIOError, InterruptedError):
-            return 0
+    def try_send(self, *parts: bytes | bytearray | memoryview) -> int:
+        """Write what the kernel takes now without waiting; return how many bytes.
 
-    def try_send_parts(self, *parts: bytes | bytearray | memoryview) -> int:
-        """Like :meth:`try_send` for ``parts`` in order, in one vectored write."""
+        Several ``parts`` go out in order in one vectored write.
+        """
         if self._raw is None:
             return 0
         try:
-            return self._raw.sendmsg(parts)
+            return self._raw.send(parts[0]) if len(parts) == 1 else self._raw.sendmsg(parts)
         except (BlockingIOError, InterruptedError):
             return 0
 
