@@ -17,6 +17,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["KeepaliveTicker", "keepalive_ticker"]
 
+#: Connections visited between two turns of the event loop (about 0.1 ms of work).
+STRIDE = 128
+#: Any positive sleep lets the loop poll for I/O before the walk goes on.
+YIELD_S = 1e-6
+
 
 class KeepaliveTicker:
     """Calls ``websocket._tick(now)`` on each registered connection periodically."""
@@ -42,7 +47,11 @@ class KeepaliveTicker:
         while self.connections:
             gevent.sleep(self.period)
             now = time.monotonic()
-            for websocket in list(self.connections):
+            for i, websocket in enumerate(list(self.connections)):
+                if i and not i % STRIDE:
+                    # Let the event loop poll in between: a message arriving now (a
+                    # broadcast to fan out, say) waits for a stride, not for the walk.
+                    gevent.sleep(YIELD_S)
                 try:
                     websocket._tick(now)
                 except Exception:  # a closed connection must not stop the others' keepalive
