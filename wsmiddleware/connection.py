@@ -31,6 +31,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import SERVER, Protocol, State
 
 from .exceptions import ConnectionClosed, ConnectionTimeout
+from .keepalive import keepalive_ticker
 from .options import Options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,6 +84,13 @@ def _large_frame_header(opcode: Opcode, length: int) -> bytes:
     return _HEADER_64.pack(0x80 | opcode, 127, length)
 
 
+def _opcode_and_payload(message: str | bytes | bytearray | memoryview) -> tuple[Opcode, Any]:
+    """A checked message (see :func:`_as_message`) as its data frame's opcode and payload."""
+    if type(message) is str:
+        return _TEXT, message.encode("utf-8")
+    return _BINARY, message
+
+
 def encode_frame(message: str | bytes | bytearray | memoryview) -> bytes:
     """The unmasked, uncompressed server frame of a text (``str``) or binary message.
 
@@ -91,9 +99,7 @@ def encode_frame(message: str | bytes | bytearray | memoryview) -> bytes:
     """
     if type(message) is not str:
         message = _as_message(message)
-    if type(message) is str:
-        return Frame(_TEXT, message.encode("utf-8")).serialize(mask=False)
-    return Frame(_BINARY, message).serialize(mask=False)  # type: ignore[arg-type]
+    return Frame(*_opcode_and_payload(message)).serialize(mask=False)
 
 
 class PingWaiter:
@@ -277,15 +283,11 @@ class WebSocket:
         ):
             # A server frame without extensions is exactly what send_text/send_binary
             # would queue: serialize it here and skip the protocol's queue on the hot path.
-            if type(message) is str:
-                payload: bytes | bytearray | memoryview = message.encode("utf-8")
-                opcode = _TEXT
-            else:
-                payload, opcode = message, _BINARY  # type: ignore[assignment]
+            opcode, payload = _opcode_and_payload(message)
             if len(payload) >= VECTORED_SIZE:
-                self._send_vectored(_large_frame_header(opcode, len(payload)), payload)
+                self._send(_large_frame_header(opcode, len(payload)), payload)
             else:
-                self._send(Frame(opcode, payload).serialize(mask=False))  # type: ignore[arg-type]
+                self._send(Frame(opcode, payload).serialize(mask=False))
             return
         if type(message) is str:
             protocol.send_text(message.encode("utf-8"))
@@ -421,7 +423,12 @@ class WebSocket:
             if self._writer is None:
                 self.transport.shutdown()
 
-    def _send(self, data: bytes | memoryview) -> None:
+    def _send(self, data: bytes | memoryview, payload: bytes | bytearray | memoryview | None = None) -> None:
+        """Send a frame, or with ``payload`` a frame header and its payload.
+
+        The two parts go out in one vectored write, without being joined, when
+        the socket takes them at once.
+        """
         if self.transport.closed:
             return
         if self._writer is None:
@@ -432,53 +439,42 @@ class WebSocket:
                     # A second send in one turn of the event loop (a burst of
                     # broadcasts, say): queue it, and let the writer send the whole
                     # burst in one call once the current greenlet yields.
-                    self._queue.append(data)
-                    self._queued += len(data)
+                    self._enqueue(data, payload)
                     self._writer = gevent.spawn(self._drain)
                     return
                 self._turn = turn
             try:
-                sent = self.transport.try_send(data)
+                if payload is None:
+                    sent = self.transport.try_send(data)
+                else:
+                    sent = self.transport.try_send(data, payload)
             except OSError:
                 self._abort()
                 return
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
-            self._queue.append(data)
-            self._queued += len(data)
+            if payload is None:
+                if sent == len(data):
+                    return
+                rest = memoryview(data)[sent:]
+            else:
+                if sent == len(data) + len(payload):
+                    return
+                # Only an immutable payload may be referenced instead of copied.
+                if sent >= len(data) and type(payload) is bytes:
+                    rest = memoryview(payload)[sent - len(data):]
+                else:
+                    rest = memoryview(b"".join((data, payload)))[sent:]
+            # The rest of a partly sent frame: a memoryview in the queue.
+            self._queue.append(rest)
+            self._queued += len(rest)
             self._writer = gevent.spawn(self._drain)
         else:
-            self._queue.append(data)
-            self._queued += len(data)
+            self._enqueue(data, payload)
 
-    def _send_vectored(self, header: bytes, payload: bytes | bytearray | memoryview) -> None:
-        """Send a big frame as header + payload without joining them when the socket takes it now."""
-        transport = self.transport
-        if transport.closed:
-            return
-        loop = self._loop
-        if self._writer is not None or (loop is not None and loop.iteration == self._turn):
-            self._send(b"".join((header, payload)))
-            return
-        if loop is not None:
-            self._turn = loop.iteration
-        try:
-            sent = transport.try_send(header, payload)
-        except OSError:
-            self._abort()
-            return
-        if sent == len(header) + len(payload):
-            return
-        # The rest of a partly sent frame (a memoryview in the queue). Only an
-        # immutable payload may be referenced instead of copied.
-        if sent >= len(header) and type(payload) is bytes:
-            rest = memoryview(payload)[sent - len(header):]
-        else:
-            rest = memoryview(b"".join((header, payload)))[sent:]
-        self._queue.append(rest)
-        self._queued += len(rest)
-        self._writer = gevent.spawn(self._drain)
+    def _enqueue(self, data: bytes | memoryview, payload: bytes | bytearray | memoryview | None) -> None:
+        if payload is not None:
+            data = b"".join((data, payload))
+        self._queue.append(data)
+        self._queued += len(data)
 
     def _drain(self) -> None:
         """Writer greenlet: send the queue in batches until it is empty."""
@@ -547,8 +543,6 @@ class WebSocket:
         Returns when the connection has ended, or once it has parked (the
         transport then owns the socket and a later reader greenlet goes on).
         """
-        from .keepalive import keepalive_ticker
-
         _LIVE.add(self)
         keepalive_ticker.add(self)
         self._serve(True)
@@ -576,8 +570,6 @@ class WebSocket:
         finally:
             self._reader = None
             if not parked:
-                from .keepalive import keepalive_ticker
-
                 keepalive_ticker.discard(self)
                 self._finish()
 
