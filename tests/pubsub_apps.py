@@ -14,8 +14,8 @@ import gevent
 import webob
 
 from wsmiddleware import PubSubError, PubSubWS, WebSocketMiddleware
-from wsmiddleware.connection import live_connections
 from wsmiddleware.pubsub import MemoryPubSub, RedisPubSub
+from wsmiddleware.registry import server_connections as live_connections
 
 REDIS_URL = os.environ.get("WSM_TEST_REDIS_URL")
 if REDIS_URL:

@@ -30,8 +30,8 @@ from greenlet import greenlet
 
 from tests.apps import EVENTS, _lock
 from wsmiddleware import WS, ConnectionTimeout, WebSocketMiddleware
-from wsmiddleware.connection import live_connections
-from wsmiddleware.keepalive import keepalive_ticker
+from wsmiddleware._keepalive import ticker
+from wsmiddleware.registry import server_connections as live_connections
 
 try:  # the pub/sub package may be absent in a partial checkout
     from wsmiddleware import PubSubWS
@@ -117,9 +117,9 @@ def counts() -> dict:
         "fds": len(os.listdir("/proc/self/fd")),
         "greenlets": greenlets,
         "websockets": len(live_connections()),
-        "keepalive": len(keepalive_ticker.connections),
-        # The ticker greenlet outlives the last connection by up to one tick.
-        "ticker": keepalive_ticker._greenlet is not None and not keepalive_ticker._greenlet.dead,
+        "keepalive": ticker().pending(),
+        # The ticker greenlet ends with its last deadline.
+        "ticker": ticker().running,
         "subscriptions": PUBSUB.subscription_count() if PUBSUB is not None else None,
         "rss": rss_pages * resource.getpagesize(),
         # Peak resident memory of the process so far, in bytes.

@@ -379,25 +379,25 @@ def test_a_raising_client_callback_closes_with_1011(server):
     assert found[-1] == ["close", 1011, "internal error"]
 
 
-def test_client_answers_server_pings_by_default_and_on_ping_can_refuse(apps_server):
+def test_client_answers_server_pings_and_on_ping_sees_them(apps_server):
     with connect(f"{apps_server.url}/ws/pings") as ws:
         ws.send("ping")
         assert ws.receive(timeout=5) == "pong received"
 
-    answers = []
+    seen, answers = [], []
 
-    class Silent(WS):
+    class Watching(WS):
         def on_ping(self, websocket, payload):
-            pass  # do not answer
+            seen.append(payload)  # the pong is sent by the protocol, as RFC 6455 requires
 
         def on_message(self, websocket, message):
             answers.append(message)
             websocket.close()
 
-    connection = connect(f"{apps_server.url}/ws/pings", Silent)
+    connection = connect(f"{apps_server.url}/ws/pings", Watching)
     connection.send("ping")
     assert connection.wait_closed(5)
-    assert answers == ["no pong"]
+    assert answers == ["pong received"] and len(seen) == 1
 
 
 def test_client_ping_waits_for_the_pong(server):

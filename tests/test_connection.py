@@ -247,7 +247,7 @@ def test_valid_close_codes_are_echoed(server):
 def test_big_frames_get_the_header_websockets_would_write(opcode, length):
     from websockets.frames import Frame, Opcode
 
-    from wsmiddleware.connection import _large_frame_header
+    from wsmiddleware._frames import large_frame_header as _large_frame_header
 
     payload = b"a" * length
     frame = Frame(Opcode[opcode], payload).serialize(mask=False)

@@ -19,7 +19,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from wsmiddleware import ConnectionRejected, ConnectionTimeout
-from wsmiddleware.connection import live_connections
+from wsmiddleware.registry import server_connections as live_connections
 from wsmiddleware.testing import TestClient
 
 from .support import BIN, PYTHON, ROOT, ServerProcess, free_port, wait_for_port

@@ -1,9 +1,11 @@
 """Parking: an idle connection holds no greenlet, and wakes up when its peer speaks.
 
 Checked on the servers whose socket can be taken over (pywsgi with and without a
-pool, gunicorn's gevent worker) through ``/debug/counts``, which counts the live
-gevent greenlets of the server process: once parked, N open connections add at
-most the keepalive ticker and the pool's stand-in greenlet.
+pool) through ``/debug/counts``, which counts the live gevent greenlets of the
+server process: once parked, N open connections add at most the keepalive ticker
+and the pool's stand-in greenlet. gunicorn's gevent worker keeps each connection
+in its WSGI call (nothing public lets its keep-alive loop let go of the socket
+with a normal return): idle connections there hold their greenlet, and work.
 """
 
 import contextlib
@@ -19,7 +21,7 @@ N = 30
 OVERHEAD = 2
 
 
-@pytest.fixture(params=["pywsgi", "pywsgi-pool", "gunicorn"])
+@pytest.fixture(params=["pywsgi", "pywsgi-pool"])
 def server(request):
     server = start(request.param)
     try:
@@ -67,3 +69,21 @@ def test_a_ping_waiter_resolves_on_a_connection_that_parked(server):
         # the pong wakes the parked reader, which resolves the waiter.
         ws.send("ping 5")
         assert ws.recv(timeout=5).startswith("pong ")
+
+
+def test_gunicorn_connections_stay_in_their_request_and_serve_after_idling():
+    server = start("gunicorn")
+    try:
+        base = server_counts(server, collect=True)["greenlets"]
+        with contextlib.ExitStack() as stack:
+            clients = [stack.enter_context(connect(f"{server.url}/ws/echo")) for _ in range(5)]
+            assert wait_until(lambda: server_counts(server)["websockets"] == 5)
+            # Idle past PARK_AFTER: each still has its request greenlet.
+            wait_until(lambda: False, timeout=PARK_AFTER + 0.5)
+            assert server_counts(server)["greenlets"] >= base + 5
+            for i, ws in enumerate(clients):
+                ws.send(f"message {i}")
+                assert ws.recv(timeout=5) == f"message {i}"
+        assert wait_until(lambda: server_counts(server)["websockets"] == 0)
+    finally:
+        server.stop()

@@ -1,45 +1,8 @@
-"""Send one message to many connections, encoding its frame once.
-
-A server frame is unmasked, so its bytes are the same for every connection
-that has no extension in effect: :func:`broadcast` builds them once and queues
-the same object on each such connection. Connections with permessage-deflate
-keep their own compressor state, so they get a normal ``write``.
-"""
+"""Send one message to many connections, encoding its frame once (see :func:`broadcast`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from .connection import WebSocket, encode_frame
-from .exceptions import ConnectionClosed
+from ._fanout import broadcast
+from ._frames import encode_frame
 
 __all__ = ["broadcast", "encode_frame"]
-
-
-def broadcast(websockets: Iterable[WebSocket], message: str | bytes) -> int:
-    """Send ``message`` to each open connection in ``websockets``; return how many took it.
-
-    Never waits for a slow reader: what the socket does not take at once goes to
-    the connection's bounded send queue, where the slow-consumer policy applies
-    (a connection that drops or is closed for it is not counted). Closed
-    connections are skipped.
-    """
-    frame: bytes | None = None
-    sent = 0
-    for websocket in websockets:
-        if websocket.closed:
-            continue
-        if websocket.protocol.extensions:
-            dropped = websocket.dropped
-            try:
-                websocket.write(message)
-            except ConnectionClosed:
-                continue
-            if websocket.dropped == dropped and not websocket.closed:
-                sent += 1
-            continue
-        if frame is None:
-            frame = encode_frame(message)
-        if websocket.send_prepared(frame):
-            sent += 1
-    return sent

@@ -23,19 +23,20 @@ import gevent
 import gevent.queue
 import gevent.socket
 import gevent.ssl
-from websockets.client import ClientProtocol as _SansIOClientProtocol
+from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from ._frames import protocol_logger
 from .connection import PingWaiter, WebSocket
 from .exceptions import ConnectionClosed, ConnectionRejected, ConnectionTimeout
 from .handler import WS
 from .options import Options
-from .transport import RECV_SIZE, Transport
+from .transport import RECV_SIZE
+from .transport._takeover import transport_for
 
 __all__ = ["connect", "ClientConnection", "ClientProtocol"]
 
@@ -43,20 +44,6 @@ logger = logging.getLogger("wsmiddleware.client")
 
 #: Largest HTTP response head accepted during the opening handshake.
 MAX_RESPONSE_HEAD = 64 * 1024
-
-
-class ClientProtocol(_SansIOClientProtocol):
-    """``websockets``' client protocol, leaving pings to the handler's ``on_ping``.
-
-    Same contract as the server side: the default ``WS.on_ping`` answers, and an
-    override may choose not to.
-    """
-
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.PING:
-            self.events.append(frame)
-            return
-        super().recv_frame(frame)
 
 
 class _Inbox(WS):
@@ -337,7 +324,7 @@ def connect(
         extensions=_extensions(compression),
         subprotocols=list(subprotocols) if subprotocols else None,  # type: ignore[arg-type]
         max_size=max_message_size,
-        logger=logging.getLogger("wsmiddleware.protocol"),
+        logger=protocol_logger(),
     )
     # The handler exists before any socket does: a failing constructor leaks nothing.
     inbox: _Inbox | None = None
@@ -384,10 +371,13 @@ def connect(
         peer = sock.getpeername()[0]
     except OSError:
         peer = uri.host
-    transport = Transport(sock, pending=rest, remote_addr=peer)
-    websocket = WebSocket(transport, protocol, target, options, subprotocol=protocol.subprotocol)
+    transport = transport_for(sock, pending=rest, remote_addr=peer, detach=True)
+    subprotocol = response.headers.get("Sec-WebSocket-Protocol")
+    compressed = "Sec-WebSocket-Extensions" in response.headers
+    websocket = WebSocket(transport, protocol, target, options, subprotocol=subprotocol, compressed=compressed,
+                          client=True)
     websocket.path = uri.resource_name
-    logger.debug("connected to %s (subprotocol %s)", url, protocol.subprotocol)
+    logger.debug("connected to %s (subprotocol %s)", url, subprotocol)
     return ClientConnection(websocket, response, inbox)
 
 

@@ -38,9 +38,30 @@ class WS:
     def on_handshake(self, request: webob.Request) -> Any:
         """Vet the opening handshake before the 101 is sent.
 
-        Return ``None`` to accept (subprotocol from :attr:`subprotocols`), a
-        subprotocol name to accept with it, or a ``webob`` response (or raise a
-        ``webob.exc`` one) to reject: its status, headers and body reach the client.
+        What it may return or raise, and what the client gets:
+
+        * ``None``: accept; the subprotocol is the first of :attr:`subprotocols`
+          the client offered.
+        * a ``str``: accept with that subprotocol, which must be one the client
+          offered (``request.headers["Sec-WebSocket-Protocol"]``).
+        * a WSGI response, returned or raised: reject with it as given (status,
+          headers, body). ``webob.Response``, ``webob.exc.HTTPForbidden(...)``,
+          Flask's ``abort(401)`` and ``flask.Response``, or any WSGI callable.
+        * ``False``: reject with 403.
+        * raise :class:`~wsmiddleware.HandshakeError`: reject with its status.
+
+        Anything else (``True``, ``403``, a tuple, a subprotocol the client did
+        not offer, ...) is a programming error: the handshake is refused with
+        500 and logged at ERROR on ``wsmiddleware.handshake``, as is any other
+        exception (with its traceback). The socket never opens on a mistake.
+
+        Under gevent-websocket, which sends the 101 itself before the
+        application runs, every refusal becomes a close with code 1008.
+
+        ``request.urlvars`` holds the route's variables (``environ
+        ["wsgiorg.routing_args"]``). ``request.environ["wsmiddleware.state"]``
+        is a dict for what the connection should know: its content becomes the
+        initial ``websocket.state`` (for instance the user authenticated here).
         """
         return None
 
@@ -54,8 +75,8 @@ class WS:
         """A complete binary message arrived."""
 
     def on_ping(self, websocket: WebSocket, payload: bytes) -> None:
-        """A ping arrived; the default answers it with a pong carrying the same payload."""
-        websocket.pong(payload)
+        """A ping arrived. Its pong is already on its way (RFC 6455 requires the
+        answer; the protocol layer sends it, counted against ``send_queue_limit``)."""
 
     def on_pong(self, websocket: WebSocket, payload: bytes) -> None:
         """A pong arrived (answering ``websocket.ping()`` or unsolicited)."""

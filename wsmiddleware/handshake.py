@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import binascii
 import logging
+import re
 from base64 import b64decode
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import webob
-from websockets.datastructures import Headers
-from websockets.exceptions import InvalidHandshake
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
-from websockets.protocol import Protocol, State
+from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.utils import accept_key
+from websockets.version import version as websockets_version
 
+from ._frames import protocol_logger as _protocol_logger
 from .exceptions import HandshakeError
 from .options import Options
 
@@ -121,90 +120,88 @@ def offered_subprotocols(request: webob.Request) -> list[str]:
     return [p.strip() for p in request.environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "").split(",") if p.strip()]
 
 
-class WSGIServerProtocol(ServerProtocol):
-    """``ServerProtocol`` that leaves answering pings to the handler's ``on_ping``.
-
-    The sans-I/O layer answers pings itself; our ``WS.on_ping`` contract is that
-    the default callback pongs, so that an override can choose not to.
-    """
-
-    # The WSGI server has parsed the HTTP request already: start at frames. Taken
-    # as is rather than wrapped, so an idle connection suspends one generator less.
-    parse = Protocol.parse
-
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.PING:
-            self.events.append(frame)
-            return
-        if frame.opcode is Opcode.CLOSE and self.current_size is not None:
-            # Control frames may interleave a fragmented message (RFC 6455 5.4), the
-            # close frame too: the unfinished message is dropped and the closing
-            # handshake proceeds normally instead of failing with 1002 (Autobahn 7.1.5).
-            self.current_size = None
-        super().recv_frame(frame)
-
-
 @dataclass
 class Accepted:
     """What a successful handshake produced: the 101 headers and the open protocol."""
 
     headers: list[tuple[str, str]]
-    protocol: WSGIServerProtocol
+    protocol: ServerProtocol
     subprotocol: str | None
+    compressed: bool = False
 
 
-def _extension_factories(options: Options) -> tuple[ServerPerMessageDeflateFactory, ...]:
-    if options.compression != "deflate":
-        # Shared: the protocol keeps what it is given for the connection's lifetime.
-        return ()
+#: Below websockets 17, zlib refuses the raw-deflate window of 2**8 that a
+#: ``server_max_window_bits=8`` offer makes it negotiate (a ValueError, which
+#: its handshake turns into a 500). Such an offer is then answered without
+#: compression instead.
+_SMALL_WINDOW_FAILS = tuple(int(part) for part in websockets_version.split(".")[:1]) < (17,)
+_SMALL_WINDOW = re.compile(r"server_max_window_bits\s*=\s*\"?0*8\b", re.IGNORECASE)
+
+
+def _extension_factories(options: Options, offer: str | None) -> list[ServerPerMessageDeflateFactory]:
+    if options.compression != "deflate" or not offer:
+        return []
+    if _SMALL_WINDOW_FAILS and _SMALL_WINDOW.search(offer):
+        logger.info("permessage-deflate offer %r needs a window this websockets version cannot make; "
+                    "answering without compression", offer)
+        return []
     # Window 2**12 and memLevel 5 keep a compressor near 64 KiB instead of the
     # ~320 KiB of zlib's defaults, at little cost in ratio for chat-sized messages.
-    return (
-        ServerPerMessageDeflateFactory(
-            server_max_window_bits=12,
-            compress_settings={"memLevel": 5},
-        ),
-    )
+    return [ServerPerMessageDeflateFactory(server_max_window_bits=12, compress_settings={"memLevel": 5})]
 
 
-def open_protocol(options: Options, extensions: tuple[ServerPerMessageDeflateFactory, ...] = ()) -> WSGIServerProtocol:
-    """A protocol in the OPEN state, for a connection whose HTTP handshake is done.
+def open_protocol(options: Options) -> ServerProtocol:
+    """A protocol in the OPEN state, for a connection whose HTTP handshake is done
+    elsewhere (gevent-websocket negotiates no extension)."""
+    return ServerProtocol(state=State.OPEN, max_size=options.max_message_size, logger=_protocol_logger())
 
-    ``extensions`` are the factories it may still negotiate (see :func:`accept`).
-    """
-    protocol = WSGIServerProtocol(
-        extensions=extensions,
-        max_size=options.max_message_size,
-        logger=logging.getLogger("wsmiddleware.protocol"),
-    )
-    protocol.state = State.OPEN
-    return protocol
+
+def _header_line(name: str, value: str) -> str:
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise HandshakeError(f"invalid {name} header: control character", 400)
+    return f"{name}: {value}\r\n"
 
 
 def accept(request: webob.Request, key: str, options: Options, subprotocol: str | None) -> Accepted:
-    """Negotiate extensions and build the 101 answer plus an OPEN protocol object."""
-    protocol = open_protocol(options, _extension_factories(options))
-    ws_headers = Headers()
-    extensions_value = request.environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")
-    try:
-        if extensions_value:
-            # Setting it checks the characters (a control character is refused here).
-            ws_headers["Sec-WebSocket-Extensions"] = extensions_value
-        extensions_header, extensions = protocol.process_extensions(ws_headers)
-    except InvalidHandshake as exc:
-        raise HandshakeError(f"invalid Sec-WebSocket-Extensions header: {exc}", 400) from None
-    protocol.extensions = extensions
-    protocol.subprotocol = subprotocol  # type: ignore[assignment]
-    headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", accept_key(key)),
-    ]
-    if extensions_header is not None:
-        headers.append(("Sec-WebSocket-Extensions", extensions_header))
+    """Negotiate extensions and build the 101 answer plus an OPEN protocol object.
+
+    The request is already validated (:func:`validate`); websockets' sans-I/O
+    server does the negotiation from the headers that matter to it, through its
+    documented ``accept`` / ``send_response``.
+    """
+    environ = request.environ
+    offer = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")
+    protocol = ServerProtocol(
+        extensions=_extension_factories(options, offer),
+        subprotocols=[subprotocol] if subprotocol is not None else None,  # type: ignore[list-item]
+        max_size=options.max_message_size,
+        logger=_protocol_logger(),
+    )
+    head = ["GET / HTTP/1.1\r\n", "Upgrade: websocket\r\n", "Connection: Upgrade\r\n",
+            _header_line("Sec-WebSocket-Key", key), "Sec-WebSocket-Version: 13\r\n"]
+    if offer:
+        head.append(_header_line("Sec-WebSocket-Extensions", offer))
     if subprotocol is not None:
-        headers.append(("Sec-WebSocket-Protocol", subprotocol))
-    return Accepted(headers, protocol, subprotocol)
+        head.append(_header_line("Sec-WebSocket-Protocol", subprotocol))
+    head.append("\r\n")
+    try:
+        raw = "".join(head).encode("latin-1")
+    except UnicodeEncodeError:
+        raise HandshakeError("invalid header: not latin-1", 400) from None
+    protocol.receive_data(raw)
+    events = protocol.events_received()
+    if not events:
+        raise HandshakeError(f"invalid handshake: {protocol.handshake_exc}", 400)
+    response = protocol.accept(events[0])  # type: ignore[arg-type]
+    if response.status_code != 101:
+        raise HandshakeError(f"invalid Sec-WebSocket-Extensions header: {protocol.handshake_exc}", 400)
+    protocol.send_response(response)
+    protocol.data_to_send()  # the 101 goes out through the WSGI server instead
+    headers = [(name, value) for name, value in response.headers.raw_items()
+               if name.lower() not in ("date", "server")]
+    compressed = "Sec-WebSocket-Extensions" in response.headers
+    chosen = response.headers.get("Sec-WebSocket-Protocol")
+    return Accepted(headers, protocol, chosen, compressed)
 
 
 def rejection(error: HandshakeError) -> webob.Response:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import webob
-import webob.exc
 
-from . import handshake, shutdown, transport
-from .connection import _LIVE, WebSocket
+from . import _answer, handshake, shutdown, transport
+from .connection import WebSocket
 from .exceptions import HandshakeError
 from .handler import WS
 from .options import Options
+from .registry import Registry
 from .routing import Route, Router
 
 __all__ = ["WebSocketMiddleware"]
@@ -33,6 +34,11 @@ class WebSocketMiddleware:
 
     Requests that are not WebSocket upgrades, and upgrades to paths no route
     matches, reach ``app`` unchanged. Without ``app``, those get 426 / 404.
+
+    ``max_connections`` given here caps the open connections of this
+    middleware (all routes); given to :meth:`mount`, it caps that route's.
+    Beyond a cap, handshakes get 503. :attr:`connections` holds the open server
+    connections (client connections of the process are never counted).
     """
 
     def __init__(
@@ -42,7 +48,10 @@ class WebSocketMiddleware:
         **options: Any,
     ) -> None:
         self.app = app
+        self.max_connections: int | None = options.pop("max_connections", None)
         self.options = Options().merged(options)
+        #: The open server connections of this middleware.
+        self.connections = Registry()
         self.router = Router()
         for template, target in (routes or {}).items():
             if isinstance(target, tuple):
@@ -55,7 +64,10 @@ class WebSocketMiddleware:
         """Serve ``handler`` at the path template ``path`` with per-route ``options``."""
         if not (isinstance(handler, WS) or (isinstance(handler, type) and issubclass(handler, WS))):
             raise TypeError(f"handler for {path!r} must be a WS instance or subclass, not {handler!r}")
-        return self.router.add(path, handler, {"options": self.options.merged(options)})
+        if isinstance(handler, type):
+            _check_no_arguments(path, handler)
+        route_cap = options.pop("max_connections", None)
+        return self.router.add(path, handler, {"options": self.options.merged(options), "max_connections": route_cap})
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         found = self.router.match(environ.get("PATH_INFO") or "/")
@@ -86,49 +98,40 @@ class WebSocketMiddleware:
     ) -> Iterable[bytes]:
         options: Options = route.options["options"]
         try:
-            kind = transport.detect(environ)
+            adapter = transport.detect(environ)
         except transport.TransportUnavailable as exc:
             logger.error("cannot serve WebSocket on %s: %s", environ.get("PATH_INFO"), exc)
             return self._plain(501, str(exc))(environ, start_response)
-        already_upgraded = kind == "gevent-websocket"
+        already_upgraded = adapter.UPGRADED
         request = webob.Request(environ)
         try:
             key = "" if already_upgraded else handshake.validate(request)
             handshake.check_origin(request, options.allowed_origins)
             shutdown.admit()
-            if options.max_connections is not None and len(_LIVE) >= options.max_connections:
-                raise HandshakeError("too many WebSocket connections, try again later", 503, [("Retry-After", "5")])
-            handler = route.handler() if isinstance(route.handler, type) else route.handler
-            answer = handler.on_handshake(request)
+            self._check_capacity(route, options)
         except HandshakeError as exc:
             # PATH_INFO as the server gave it: request.path would decode it, and any bytes may come.
             logger.info("rejected WebSocket handshake for %r: %s", environ.get("PATH_INFO"), exc.reason)
             if already_upgraded:
                 return self._refuse_upgraded(environ, start_response, options, exc.reason)
             return handshake.rejection(exc)(environ, start_response)
-        except webob.exc.HTTPException as exc:
-            answer = exc
-        if isinstance(answer, webob.Response) or isinstance(answer, webob.exc.HTTPException):
+        # The strict on_handshake contract lives in _answer: anything but an accept is a refusal.
+        answer = _answer.consult(route.handler, request, url_vars)
+        if isinstance(answer, _answer.Reject):
             if already_upgraded:
-                return self._refuse_upgraded(environ, start_response, options, str(answer.status))
+                return self._refuse_upgraded(environ, start_response, options, answer.reason)
             return answer(environ, start_response)
-        if isinstance(answer, str):
-            subprotocol: str | None = answer
-            if subprotocol not in handshake.offered_subprotocols(request):
-                logger.warning("on_handshake chose subprotocol %r, which the client did not offer", subprotocol)
-                subprotocol = None
-        else:
-            subprotocol = handshake.select_subprotocol(request, handler.subprotocols)
+        handler, subprotocol = answer.handler, answer.subprotocol
         if already_upgraded:
             # Its handler negotiated no extension and no subprotocol.
             subprotocol = getattr(environ["wsgi.websocket"], "protocol", None) or None
-            accepted = handshake.Accepted([], handshake.open_protocol(options), subprotocol)
+            accepted = handshake.Accepted([], handshake.open_protocol(options), subprotocol, False)
         else:
             try:
                 accepted = handshake.accept(request, key, options, subprotocol)
             except HandshakeError as exc:
                 return handshake.rejection(exc)(environ, start_response)
-        conn_transport = transport.take_over(kind, environ, start_response, accepted.headers)
+        conn_transport = adapter.take_over(environ, start_response, accepted.headers)
         websocket = WebSocket(
             conn_transport,
             accepted.protocol,
@@ -137,24 +140,55 @@ class WebSocketMiddleware:
             environ=environ,
             url_vars=url_vars,
             subprotocol=accepted.subprotocol,
+            compressed=accepted.compressed,
+            registry=self.connections,
         )
+        self.connections.add(websocket, route.template)
+        websocket.state.update(environ.get(_answer.STATE_KEY) or {})
         # This frame lasts as long as the connection: what only the handshake
         # needed goes now (websocket.request rebuilds the Request on demand).
         del request, accepted, key, answer
-        websocket.run()
-        return conn_transport.finish()
+        try:
+            websocket.run()
+        except Exception:
+            # Nothing may cross the server's and the user's WSGI stack after the 101.
+            logger.exception("WebSocket connection %r failed", websocket)
+            conn_transport.abort()
+        return adapter.finish(environ, conn_transport)
+
+    def _check_capacity(self, route: Route, options: Options) -> None:
+        full = self.max_connections is not None and len(self.connections) >= self.max_connections
+        route_cap = route.options.get("max_connections")
+        if full or (route_cap is not None and self.connections.count(route.template) >= route_cap):
+            raise HandshakeError("too many WebSocket connections, try again later", 503, [("Retry-After", "5")])
 
     def _refuse_upgraded(
         self, environ: dict[str, Any], start_response: Callable[..., Any], options: Options, reason: str
     ) -> Iterable[bytes]:
         """gevent-websocket already sent 101: refuse with close 1008 instead of a status."""
+        from .transport import gevent_websocket
+
         protocol = handshake.open_protocol(options)
-        conn_transport = transport.take_over("gevent-websocket", environ, start_response, [])
+        conn_transport = gevent_websocket.take_over(environ, start_response, [])
         protocol.send_close(1008, reason[:120])
         try:
-            conn_transport.sendall(b"".join(protocol.data_to_send()))
+            conn_transport.sendall(b"".join(chunk for chunk in protocol.data_to_send() if chunk))
         except OSError:
             pass
-        return conn_transport.finish()
+        conn_transport.close()
+        return gevent_websocket.finish(environ, conn_transport)
 
 
+def _check_no_arguments(path: str, cls: type[WS]) -> None:
+    """A class route is instantiated with no arguments per connection: fail at mount, not as a 500 later."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # no signature to read (a C-level constructor): nothing to check
+        return
+    try:
+        signature.bind()
+    except TypeError as exc:
+        raise TypeError(
+            f"handler class {cls.__qualname__} for {path!r} is instantiated per connection with no arguments, "
+            f"but its constructor needs some ({exc}); mount an instance instead, e.g. {cls.__name__}(...)"
+        ) from None

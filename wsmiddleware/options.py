@@ -32,8 +32,6 @@ class Options:
     slow_consumer: Literal["close", "drop"] = "close"
     #: Seconds the closing handshake may take before the TCP connection is dropped.
     close_timeout: float = 5.0
-    #: Most WebSocket connections one process accepts (503 beyond); ``None``: no limit.
-    max_connections: int | None = None
 
     def merged(self, overrides: dict[str, Any]) -> Options:
         """A copy with ``overrides`` applied; unknown names raise ``TypeError``."""

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import gevent
 
-from .connection import live_connections
 from .exceptions import HandshakeError
+from .registry import server_connections
 
 __all__ = ["close_all", "install", "admit", "shutting_down"]
 
@@ -47,15 +47,24 @@ def shutting_down() -> bool:
     return bool(_state["shutting_down"])
 
 
-def close_all(code: int = GOING_AWAY, reason: str = REASON, timeout: float | None = None) -> int:
-    """Close every open WebSocket of this process with ``code``; return how many.
+def _connections(server: Any) -> set[Any]:
+    if server is None:
+        return server_connections()
+    # A connection whose server is unknown (start_response wrapped by a middleware) counts as this one's.
+    return server_connections(server) | server_connections(None)
 
-    Waits until they have all ended, at most ``timeout`` seconds (default: the
-    longest ``close_timeout`` among them; 0 returns at once). New WebSocket
-    handshakes are refused with 503 from now on.
+
+def close_all(code: int = GOING_AWAY, reason: str = REASON, timeout: float | None = None,
+              server: Any = None) -> int:
+    """Close the open server WebSockets of this process with ``code``; return how many.
+
+    With ``server``, only those that came through it. Client connections the
+    process opened are left alone. Waits until they have all ended, at most
+    ``timeout`` seconds (default: the longest ``close_timeout`` among them; 0
+    returns at once). New WebSocket handshakes are refused with 503 from now on.
     """
     _state["shutting_down"] = True
-    connections = live_connections()
+    connections = _connections(server)
     if not connections:
         return 0
     logger.info("closing %d WebSocket connection(s) with %d", len(connections), code)
@@ -68,9 +77,9 @@ def close_all(code: int = GOING_AWAY, reason: str = REASON, timeout: float | Non
         timeout = max(websocket.options.close_timeout for websocket in connections)
     if timeout > 0:
         with gevent.Timeout(timeout, False):
-            while connections & live_connections():
+            while connections & _connections(server):
                 gevent.sleep(0.02)
-        left = connections & live_connections()
+        left = connections & _connections(server)
         if left:
             logger.warning("%d WebSocket connection(s) did not finish closing within %s s", len(left), timeout)
     return len(connections)
@@ -94,7 +103,7 @@ def install(server: ServerT, code: int = GOING_AWAY, reason: str = REASON) -> Se
     def stop(timeout: float | None = None) -> None:
         if not server.closed:  # type: ignore[attr-defined]
             server.close()  # type: ignore[attr-defined]
-        close_all(code, reason)
+        close_all(code, reason, server=server)
         try:
             original_stop(timeout)
         finally:

@@ -10,13 +10,15 @@ Vocabulary:
   client cannot turn its room name into a wildcard).
 * A **message** is ``str`` (delivered as a WebSocket text message) or ``bytes``
   (binary); backends keep the type end to end.
-* A **subscriber** (the ``client`` argument) is either a
-  :class:`~wsmiddleware.connection.WebSocket`, which gets each message written
-  to it (all WebSocket subscribers of one message share one encoded frame, see
-  :func:`~wsmiddleware.broadcast.broadcast`), or any hashable callable
-  ``client(channel, message)``. Callables run in the publisher's greenlet
-  (memory) or the backend's reader greenlet (Redis): they must not block, and
-  one that raises is logged without affecting the other subscribers.
+* A **subscriber** (the ``client`` argument) is any hashable callable
+  ``client(channel, message)`` (the :class:`Subscriber` protocol). A
+  :class:`~wsmiddleware.connection.WebSocket` is one: it writes what it gets.
+  A subscriber class may also define ``deliver_group(subscribers, channel,
+  message) -> int`` (a static method): the subscribers of one message that
+  share it are handed over in one call, which is how all WebSocket subscribers
+  of a message share one encoded frame. Subscribers run in the publisher's
+  greenlet (memory) or the backend's reader greenlet (Redis): they must not
+  block, and one that raises is logged without affecting the others.
 
 A subscriber subscribed through several matching subscriptions (an exact name
 and a pattern) receives a message once per matching subscription, as Redis does.
@@ -28,18 +30,24 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
-from typing import Any
-
-from ..broadcast import broadcast
-from ..connection import WebSocket
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["PubSub", "Subscriber", "Message", "Subscriptions", "is_pattern", "check_message", "deliver"]
 
 logger = logging.getLogger("wsmiddleware.pubsub")
 
 Message = str | bytes
-#: A ``WebSocket`` or a callable ``(channel, message)``; see the module docstring.
-Subscriber = WebSocket | Callable[[str, Message], Any]
+
+
+@runtime_checkable
+class Subscriber(Protocol):
+    """What pub/sub delivers to: a hashable callable ``(channel, message)``."""
+
+    def __call__(self, channel: str, message: Message) -> Any: ...
+
+
+#: subscriber class -> its ``deliver_group`` (or None), looked up once per class.
+_groups: dict[type, Callable[..., int] | None] = {}
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -72,24 +80,39 @@ def check_message(message: Any) -> Message:
 def deliver(clients: Iterable[Subscriber], channel: str, message: Message, exclude: Any = None) -> int:
     """Hand ``message`` to each client but ``exclude``; return how many took it.
 
-    WebSocket subscribers are gathered and written with one :func:`broadcast`,
-    which encodes the frame once and never waits for a slow reader.
+    Subscribers whose class defines ``deliver_group`` are handed over in one
+    call per such group (WebSocket connections: one encoded frame for all).
     """
-    websockets: list[WebSocket] = []
+    groups: dict[Callable[..., int], list[Any]] | None = None
     count = 0
     for client in clients:
         if exclude is not None and client == exclude:
             continue
-        if isinstance(client, WebSocket):
-            websockets.append(client)
+        kind = type(client)
+        try:
+            group = _groups[kind]
+        except KeyError:
+            group = _groups[kind] = getattr(kind, "deliver_group", None)
+        if group is not None:
+            if groups is None:
+                groups = {}
+            members = groups.get(group)
+            if members is None:
+                groups[group] = [client]
+            else:
+                members.append(client)
             continue
         try:
             client(channel, message)
             count += 1
         except Exception:
             logger.exception("pub/sub subscriber %r raised on a message for %r", client, channel)
-    if websockets:
-        count += broadcast(websockets, message)
+    if groups:
+        for group, members in groups.items():
+            try:
+                count += group(members, channel, message)
+            except Exception:
+                logger.exception("pub/sub delivery to %d subscriber(s) for %r raised", len(members), channel)
     return count
 
 

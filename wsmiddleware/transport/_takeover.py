@@ -1,0 +1,68 @@
+"""Helpers the adapters share: our own socket on a server's descriptor, and
+the bytes a server's reader buffered past the request head."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from typing import Any
+
+import gevent.ssl
+
+from ._base import RECV_SIZE, TLSTransport, Transport
+
+__all__ = ["is_tls", "own_socket", "take_buffered", "transport_for"]
+
+
+def is_tls(sock: Any) -> bool:
+    return isinstance(sock, gevent.ssl.SSLSocket)
+
+
+def own_socket(fd: int) -> socket.socket:
+    """A non-blocking standard-library socket on ``fd`` (which it now owns)."""
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
+def take_buffered(reader: Any, sock: Any) -> bytes:
+    """What ``reader`` (a buffered reader of ``sock``) holds, read without waiting.
+
+    A compliant client sends nothing before the 101, but what it did send must
+    not be lost. A non-blocking read of an empty reader gives b"" or raises.
+    """
+    if not isinstance(reader, io.BufferedReader):
+        return b""
+    chunks = []
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        while True:
+            chunk = reader.read1(RECV_SIZE)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if len(chunk) < RECV_SIZE:
+                break
+    except (OSError, ValueError):
+        pass
+    finally:
+        sock.settimeout(timeout)
+    return b"".join(chunks)
+
+
+def transport_for(server_sock: Any, *, pending: bytes, remote_addr: str | None, detach: bool,
+                  parkable: bool = False, origin: Any = None) -> Transport:
+    """A transport on the server's socket.
+
+    ``detach``: take the descriptor from the server's socket object (which is
+    left closed), so that nothing the server does after the WSGI call can read
+    from it; otherwise work on a duplicate, and the server's close ends it.
+    TLS connections keep the server's SSL socket (its state is in user space).
+    """
+    if is_tls(server_sock):
+        return TLSTransport(server_sock, pending=pending, remote_addr=remote_addr, origin=origin)
+    fd = server_sock.detach() if detach else os.dup(server_sock.fileno())
+    return Transport(own_socket(fd), pending=pending, remote_addr=remote_addr, owned=True,
+                     parkable=parkable and detach, origin=origin)
