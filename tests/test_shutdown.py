@@ -139,3 +139,29 @@ def test_shutdown_with_no_websocket_open_exits_cleanly():
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=15) == 0
         assert "did not finish closing" not in server.log()
+
+
+def test_gunicorn_worker_recycled_by_max_requests_closes_websockets_with_1001():
+    # No signal: gunicorn clears the worker's `alive` flag after its max_requests-th
+    # request and waits graceful_timeout (30 s here) for the rest. The WebSockets
+    # get 1001 at once instead of being cut at the end of that wait.
+    server = start("gunicorn", "shutdown", extra=["--max-requests", "4", "--max-requests-jitter", "0",
+                                                  "--graceful-timeout", "30"])
+    try:
+        with contextlib.ExitStack() as stack:
+            clients = [stack.enter_context(connect(f"{server.url}/ws/echo")) for _ in range(2)]
+            for i, ws in enumerate(clients):
+                ws.send(f"hello {i}")
+                assert ws.recv(timeout=5) == f"hello {i}"
+            worker = server_counts(server)["pid"]  # the third request
+            server_counts(server)  # the fourth: the worker stops serving after it
+            started = time.monotonic()
+            for ws in clients:
+                with pytest.raises(ConnectionClosed) as info:
+                    ws.recv(timeout=10)
+                assert info.value.rcvd is not None, "no close frame from the server"
+                assert info.value.rcvd.code == 1001
+            assert time.monotonic() - started < 10
+            assert wait_until(lambda: process_gone(worker), timeout=10), "the worker did not exit"
+    finally:
+        server.stop()

@@ -6,8 +6,9 @@ path templates, and serve with ``gevent.pywsgi`` or ``gunicorn -k gevent``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .broadcast import broadcast
-from .client import ClientConnection, connect
 from .connection import PingWaiter, WebSocket
 from .exceptions import (
     ConnectionClosed,
@@ -21,6 +22,9 @@ from .handler import WS, PubSubWS
 from .middleware import WebSocketMiddleware
 from .options import Options
 from .rpc import MessageError, MessageRouter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import ClientConnection, connect
 
 __all__ = [
     "WebSocketMiddleware",
@@ -43,3 +47,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The client (and TLS with it) loads on first use: a WSGI app that only
+    # serves WebSockets does not pay for it at import.
+    if name in ("connect", "ClientConnection"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -141,15 +141,38 @@ def _close_all_then(previous: Any, sig: int, frame: Any) -> None:
         previous(sig, frame)
 
 
+#: How often the watch on a gunicorn worker looks whether it is stopping.
+WORKER_WATCH_S = 0.5
+
+
+def _watch_worker(worker: Any) -> None:
+    """Close the WebSockets once the worker stops serving without a signal.
+
+    A worker recycled by ``max_requests`` (or stopping for any other reason)
+    clears its documented ``alive`` flag and waits ``graceful_timeout`` for its
+    requests: the WebSockets among them get 1001 now instead of being cut then.
+    """
+    while getattr(worker, "alive", False):
+        gevent.sleep(WORKER_WATCH_S)
+    if not _state["shutting_down"]:
+        logger.info("gunicorn worker %s is stopping", os.getpid())
+        close_all(GOING_AWAY, REASON)
+
+
 def _hook_gunicorn_worker() -> None:
     """Chain a gunicorn worker's stop signals with close_all, if this is one."""
+    watched = False
     for signum, wait in ((signal.SIGTERM, None), (signal.SIGQUIT, 0.0), (signal.SIGINT, 0.0)):
         try:
             previous = signal.getsignal(signum)
         except ValueError:  # not the main thread: not a gunicorn worker either
             return
-        if _gunicorn_worker_of(previous) is None:
+        worker = _gunicorn_worker_of(previous)
+        if worker is None:
             continue
+        if not watched:
+            watched = True
+            gevent.spawn(_watch_worker, worker)
 
         def handler(sig: int, frame: Any, previous: Any = previous, wait: float | None = wait) -> None:
             # Signal handlers must not block: the closing runs in its own greenlet.

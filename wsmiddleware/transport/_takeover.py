@@ -6,9 +6,8 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sys
 from typing import Any
-
-import gevent.ssl
 
 from ._base import RECV_SIZE, TLSTransport, Transport
 
@@ -16,7 +15,9 @@ __all__ = ["is_tls", "own_socket", "take_buffered", "transport_for"]
 
 
 def is_tls(sock: Any) -> bool:
-    return isinstance(sock, gevent.ssl.SSLSocket)
+    # Looked up, not imported: without TLS in use, ssl stays unloaded.
+    gevent_ssl = sys.modules.get("gevent.ssl")
+    return gevent_ssl is not None and isinstance(sock, gevent_ssl.SSLSocket)
 
 
 def own_socket(fd: int) -> socket.socket:
