@@ -82,8 +82,15 @@ class Assembler:
         self._parts = self._decoder = None
 
     def _append_text(self, data: Any, final: bool) -> None:
+        decoder = self._decoder
         try:
-            self._parts.append(self._decoder.decode(data, final))  # type: ignore[union-attr]
+            self._parts.append(decoder.decode(data, final))  # type: ignore[union-attr]
         except UnicodeDecodeError as exc:
             self.reset()
             raise InvalidText(f"invalid UTF-8: {exc.reason}") from None
+        # CPython's decoder waits for a third byte after ED A0..BF, though no
+        # valid UTF-8 starts so (those would be surrogates): fail now, not a fragment later.
+        pending = decoder.getstate()[0]
+        if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
+            self.reset()
+            raise InvalidText("invalid UTF-8: invalid continuation byte")

@@ -66,7 +66,7 @@ class Writer:
     """
 
     __slots__ = ("transport", "queue", "queued", "greenlet", "eof_pending", "_on_error", "_turns", "_turn",
-                 "_unchecked")
+                 "_unchecked", "_kernel_full")
 
     def __init__(self, transport: Any, on_error: Callable[[], Any]) -> None:
         self.transport = transport
@@ -78,6 +78,7 @@ class Writer:
         self._turns = _turns_of(transport.hub)
         self._turn = -1
         self._unchecked = 0
+        self._kernel_full = False
 
     def send(self, data: bytes | memoryview, payload: bytes | bytearray | memoryview | None = None) -> None:
         """Send a frame, or with ``payload`` a frame header and its payload.
@@ -129,10 +130,13 @@ class Writer:
 
     def owed(self) -> int:
         """Bytes owed to the peer: queued here, plus (looked at every so often) in the kernel."""
-        if self._unchecked < KERNEL_CHECK_BYTES and not self.queued:
+        if self._unchecked < KERNEL_CHECK_BYTES and not self.queued and not self._kernel_full:
             return 0
         self._unchecked = 0
-        return self.queued + self.transport.unsent()
+        unsent = self.transport.unsent()
+        # While the kernel holds much, keep looking at every send: the peer is slow.
+        self._kernel_full = unsent >= KERNEL_CHECK_BYTES
+        return self.queued + unsent
 
     def discard_queued(self) -> None:
         """Drop queued frames, but the partly sent one at the head (it must go out whole)."""
@@ -167,6 +171,7 @@ class Writer:
 
     def _drain(self) -> None:
         transport = self.transport
+        me = gevent.getcurrent()
         try:
             while self.queue and not transport.closed:
                 queue, self.queue = self.queue, []
@@ -174,12 +179,18 @@ class Writer:
                 # The batch in flight counts until the peer has taken it: a reader
                 # that never reads holds one limit's worth of memory, not two.
                 transport.sendall(data)
+                if self.greenlet is not me:  # stopped while sending: the writer is not ours any more
+                    return
                 self.queued -= len(data)
                 self._unchecked += len(data)
         except OSError:
+            if self.greenlet is not me:
+                return
             self.queue, self.queued = [], 0
             self.greenlet = None
             self._failed()
+            return
+        if self.greenlet is not me:
             return
         self.greenlet = None
         if self.eof_pending:
