@@ -247,3 +247,52 @@ class Inbox:
 
     def messages(self) -> list:
         return [message for _, message in self.got]
+
+
+# -- server logs -------------------------------------------------------------------
+
+#: gevent's hub ends each error it prints with its own time stamp (gevent._util.gmctime),
+#: then "<context> failed with <ExceptionName>" (context: a greenlet, a callback, the hub).
+_HUB_STAMP = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ(?: |$)"
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+def hub_errors(log: str) -> list[str]:
+    """The lines of ``log`` that show gevent's hub printing an error.
+
+    That is every " failed with " line, and every "Traceback (most recent call
+    last)" block that the hub printed: one followed by the hub's time stamp line
+    (gevent writes the traceback, then ``<time> <context> failed with <Error>``).
+    Tracebacks that ``logging`` writes for an exception it logs (a callback that
+    raised: close 1011) are not the hub's and are not returned.
+    """
+    import re
+
+    hub_stamp = re.compile(_HUB_STAMP)
+    found: list[str] = []
+    block: list[str] = []  # the traceback being read, if any
+    after_exception = False  # its exception line has been read
+    for line in log.splitlines():
+        stamp = bool(hub_stamp.match(line)) or " failed with " in line
+        if stamp:
+            found.extend(block)
+            found.append(line)
+            block, after_exception = [], False
+            continue
+        if _TRACEBACK in line:
+            chained = bool(block) and after_exception
+            block = block + [line] if chained else [line]
+            after_exception = False
+            continue
+        if not block:
+            continue
+        if not line.strip() or line.startswith("During handling") or line.startswith("The above exception"):
+            block.append(line)  # between chained tracebacks, or before the hub's line
+        elif line[:1].isspace() and not after_exception:
+            block.append(line)  # a frame
+        elif not after_exception:
+            block.append(line)  # the exception line
+            after_exception = True
+        else:
+            block, after_exception = [], False  # something else: not the hub's
+    return found

@@ -137,6 +137,7 @@ class ReadLoop:
         if self._tie is None and transport.pool is not None:
             tie = PoolTie.of(transport.pool)
             if tie is None:  # the pool is full: keep the connection in its request
+                logger.info("%r: the server's pool is full, the connection stays in its request", self)
                 transport.parkable = False
                 return False
             tie.add(self, self._server_stopping, self.options.close_timeout)

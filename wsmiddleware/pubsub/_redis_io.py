@@ -18,10 +18,11 @@ in the greenlet instead.
 
 redis-py API used: ``Redis.from_url``, ``Redis.publish``, ``Redis.pubsub``,
 ``Redis.close``; ``PubSub.subscribe/psubscribe/unsubscribe/punsubscribe/ping/
-parse_response/handle_message/close`` and its ``connection`` attribute;
-``Connection.can_read`` and ``Connection.disconnect``; ``redis.retry.Retry``,
-``redis.backoff.NoBackoff``, ``redis.exceptions``. Checked on redis-py 5.0.8
-and 8.1.0.
+parse_response/handle_message/close``; ``Connection.can_read``;
+``redis.retry.Retry``, ``redis.backoff.NoBackoff``, ``redis.exceptions``.
+One name is public but not in redis-py's documentation: the ``PubSub.connection``
+attribute (the Connection a PubSub reads from), used only in :func:`read`.
+Checked on redis-py 5.0.8 and 8.1.0.
 """
 
 from __future__ import annotations
@@ -206,8 +207,13 @@ def read(state: ProcessState, pubsub: Any, wait: float) -> list[Any] | None:
     if conn is None or state.pubsub is not pubsub or not state.ready:
         raise redis.ConnectionError("the subscriber connection broke")
     # The one call without io_lock: a writer may send meanwhile (see the module docstring).
-    if not conn.can_read(timeout=wait):
-        return None
+    try:
+        if not conn.can_read(timeout=wait):
+            return None
+    except redis.RedisError:
+        raise
+    except Exception as exc:  # e.g. a writer's failed send closed the socket under us
+        raise redis.ConnectionError(f"the subscriber connection broke ({exc!r})") from exc
     batch: list[Any] = []
     with state.io_lock:
         if state.pubsub is not pubsub:
@@ -252,17 +258,13 @@ def publish(state: ProcessState, channel: bytes, data: bytes) -> int:
 def forget_after_fork(state: ProcessState) -> None:
     """In a forked child: close this process's copy of the parent's subscriber socket.
 
-    Only the file descriptor: redis-py's ``disconnect`` skips the shutdown in a
-    process other than the one that connected, so the parent's connection lives on.
-    No lock is taken (the parent's threads may have held them at the fork).
+    ``PubSub.close`` only closes the file descriptor here: redis-py's
+    ``disconnect`` skips the shutdown in a process other than the one that
+    connected, so the parent's connection lives on. No lock of ours is taken
+    (the parent's threads may have held them at the fork).
     """
-    pubsub = state.pubsub
-    conn = getattr(pubsub, "connection", None)
-    if conn is not None:
-        try:
-            conn.disconnect()
-        except Exception:
-            logger.debug("closing the parent's Redis subscriber socket failed", exc_info=True)
+    if state.pubsub is not None:
+        _close_quietly(state.pubsub)
 
 
 def _close_quietly(pubsub: Any) -> None:

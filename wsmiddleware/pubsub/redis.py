@@ -258,14 +258,20 @@ class RedisPubSub(PubSub):
             if wanted and have:
                 return local.acks.get((pattern, wire))
             if wanted:
-                if not local.io(io.command, local, local.pubsub, "psubscribe" if pattern else "subscribe", wire):
-                    return None
-                local.sent.add(key)
-                if pattern:
-                    local.wire_patterns[wire] = key[1]
+                # Registered before sending: the reader may see the confirmation
+                # before the send returns here (it always can when a thread sends).
                 event = local.acks.get((pattern, wire))
                 if event is None:
                     event = local.acks[(pattern, wire)] = Event()
+                if pattern:
+                    local.wire_patterns[wire] = key[1]
+                if not local.io(io.command, local, local.pubsub, "psubscribe" if pattern else "subscribe", wire):
+                    if local.acks.get((pattern, wire)) is event:
+                        del local.acks[(pattern, wire)]
+                    if pattern:
+                        local.wire_patterns.pop(wire, None)
+                    return None
+                local.sent.add(key)
                 return event
             if have:
                 local.sent.discard(key)

@@ -23,11 +23,19 @@ import gevent.pywsgi
 import gevent.socket
 from gevent.pool import Pool
 
-from ._base import Transport
+from ._base import Transport, logger
 from ._takeover import take_buffered, transport_for
 
 NAME = "pywsgi"
 UPGRADED = False
+
+_told: set[str] = set()
+
+
+def _tell_once(what: str, message: str) -> None:
+    if what not in _told:
+        _told.add(what)
+        logger.info(message)
 
 
 def _reader(environ: dict[str, Any]) -> Any:
@@ -62,6 +70,8 @@ def take_over(environ: dict[str, Any], start_response: Callable[..., Any],
     handler: Any = getattr(start_response, "__self__", None)
     if not isinstance(handler, gevent.pywsgi.WSGIHandler):
         handler = None
+        _tell_once("wrapped", "start_response is not pywsgi's own (a middleware wraps it): WebSocket "
+                   "connections stay in their request instead of parking when idle")
     sock = environ.get("gunicorn.sock") or (handler.socket if handler is not None else None) \
         or _reader_socket(reader)
     pending = take_buffered(reader, sock)
