@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from .conformance.rawclient import CLOSE, PING, TEXT, RawClient, encode_frame
+from .robust_apps import wait_until
 from .support import http_request, hub_errors, read_http_response, start_server, upgrade_request
 
 APP = "tests.defect_apps:application"
@@ -101,12 +102,7 @@ def stats(server) -> dict:
 
 def wait_for(predicate, timeout: float, interval: float = 0.1):
     """Poll ``predicate`` until it returns a true value (returned) or ``timeout`` passes (the last value)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
+    return wait_until(predicate, timeout, interval)
 
 
 def closes(found: list) -> list:

@@ -210,8 +210,12 @@ class ReadLoop:
             self._call(handler.on_pong, payload)
             return
         if opcode is _CLOSE:
-            close = Close.parse(frame.data)
-            self._close_rcvd = (int(close.code), close.reason)
+            try:
+                close = Close.parse(frame.data)
+            except Exception:  # the protocol has failed the connection for it already
+                close = None
+            if close is not None:
+                self._close_rcvd = (int(close.code), close.reason)
             self._assembler.reset()
             return
         if not self._open:
@@ -308,7 +312,10 @@ class ReadLoop:
         writer.stop()
         protocol = self.protocol
         if protocol.state is not _CLOSED:
-            protocol.receive_eof()
+            try:
+                protocol.receive_eof()
+            except EOFError:  # it had seen the end already
+                pass
         # After a completed closing handshake TCP ends gracefully; any other end is an abort.
         clean = self._close_rcvd is not None
         if clean and not self.transport.closed:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import gevent
 import gevent.lock
@@ -173,11 +173,17 @@ def connect(state: ProcessState) -> Any:
 
 
 def resubscribe(state: ProcessState, pubsub: Any, channels: list[bytes], patterns: list[bytes]) -> None:
+    """Subscribe a new connection to everything, patterns first.
+
+    It takes several commands, each its own write (and, from a thread, maybe a
+    wait for the GIL between them). Patterns go first so that a message that
+    reaches the subscribers of its channel also reaches those of its patterns.
+    """
     with state.io_lock:
-        for start in range(0, len(channels), SUBSCRIBE_BATCH):
-            pubsub.subscribe(*channels[start : start + SUBSCRIBE_BATCH])
         for start in range(0, len(patterns), SUBSCRIBE_BATCH):
             pubsub.psubscribe(*patterns[start : start + SUBSCRIBE_BATCH])
+        for start in range(0, len(channels), SUBSCRIBE_BATCH):
+            pubsub.subscribe(*channels[start : start + SUBSCRIBE_BATCH])
 
 
 def command(state: ProcessState, pubsub: Any, method: str, *args: Any) -> bool:
@@ -252,7 +258,7 @@ def shutdown(state: ProcessState, pubsub: Any) -> None:
 
 
 def publish(state: ProcessState, channel: bytes, data: bytes) -> int:
-    return state.client.publish(channel, data)
+    return cast(int, state.client.publish(channel, data))
 
 
 def forget_after_fork(state: ProcessState) -> None:
