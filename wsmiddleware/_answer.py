@@ -19,7 +19,7 @@ import logging
 import reprlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import webob
 
@@ -92,7 +92,7 @@ def consult(target: WS | type[WS], request: webob.Request, url_vars: dict[str, A
     except Exception as exc:
         # werkzeug's HTTPException (flask.abort) and webob.exc are WSGI apps themselves.
         if _is_wsgi_app(exc):
-            return _render(exc, environ, name)
+            return _render(cast("Callable[..., Any]", exc), environ, name)
         logger.exception("%s.on_handshake raised; refusing the handshake with 500", name)
         return _refuse(_INTERNAL, environ)
     return interpret(handler, request, answer)

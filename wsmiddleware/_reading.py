@@ -38,9 +38,13 @@ YIELD_S = 1e-6
 
 
 class ReadLoop:
-    __slots__ = ()
+    # The state the read side shares with the facade (which sets it up).
+    __slots__ = (
+        "protocol", "transport", "handler", "options", "_open", "_done", "_close_rcvd", "_close_sent",
+        "_close_timer", "_greenlets", "_ka_ping", "_reader", "_last_recv", "_registry", "_tie", "_writer",
+        "_assembler", "_pings",
+    )
 
-    # Provided by the facade.
     protocol: Any
     transport: Any
     handler: Any

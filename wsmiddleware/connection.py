@@ -63,10 +63,8 @@ class WebSocket(ReadLoop):
     """
 
     __slots__ = (
-        "protocol", "transport", "handler", "options", "_request", "environ", "path", "url_vars",
-        "subprotocol", "remote_addr", "state", "dropped", "shares_frames", "_writer", "_assembler", "_pings",
-        "_open", "_done", "_close_sent", "_close_rcvd", "_close_timer", "_greenlets", "_ka_ping", "_reader",
-        "_last_recv", "_registry", "_tie", "__weakref__",
+        "_request", "environ", "path", "url_vars", "subprotocol", "remote_addr", "state", "dropped",
+        "shares_frames", "__weakref__",
     )
 
     def __init__(self, transport: Transport, protocol: Protocol, handler: Any, options: Options, *,

@@ -12,6 +12,7 @@ import binascii
 import logging
 import re
 from base64 import b64decode
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -106,7 +107,7 @@ def check_origin(request: webob.Request, allowed_origins: tuple[str, ...] | None
     raise HandshakeError(f"cross-origin request from {origin!r} is not allowed", 403)
 
 
-def select_subprotocol(request: webob.Request, supported: list[str] | tuple[str, ...] | None) -> str | None:
+def select_subprotocol(request: webob.Request, supported: Sequence[str] | None) -> str | None:
     """The first of the server's ``supported`` subprotocols that the client offers."""
     offered = offered_subprotocols(request)
     for candidate in supported or ():
