@@ -109,8 +109,8 @@ def test_server_close_with_code_and_reason(server):
     with connect(f"{server.url}/ws/closer?code=4000&reason=bye") as ws:
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=5)
-    assert ws.close_code == 4000
-    assert ws.close_reason == "bye"
+    assert ws.protocol.close_code == 4000  # the sync client has close_code only since websockets 14.1
+    assert ws.protocol.close_reason == "bye"
 
 
 def test_server_close_is_bounded_by_close_timeout_when_peer_never_answers(server):
@@ -132,7 +132,7 @@ def test_raising_callback_closes_only_its_connection_with_1011(server):
         victim.send("boom")
         with pytest.raises(ConnectionClosed):
             victim.recv(timeout=5)
-        assert victim.close_code == 1011
+        assert victim.protocol.close_code == 1011
         bystander.send("still here")
         assert bystander.recv(timeout=5) == "still here"
     assert "RuntimeError: boom requested by the test" in server.log()

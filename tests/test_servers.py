@@ -59,7 +59,7 @@ def test_gevent_websocket_handler_is_taken_over_not_answered_twice():
                 ws.recv(timeout=5)
             except Exception:
                 pass
-            assert ws.close_code == 1011
+            assert ws.protocol.close_code == 1011
     finally:
         server.stop()
 
@@ -72,7 +72,7 @@ def test_gevent_websocket_rejection_becomes_close_1008():
                 ws.recv(timeout=5)
             except Exception:
                 pass
-            assert ws.close_code == 1008
+            assert ws.protocol.close_code == 1008
     finally:
         server.stop()
 

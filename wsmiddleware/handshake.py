@@ -131,20 +131,26 @@ class Accepted:
     compressed: bool = False
 
 
-#: Below websockets 17, zlib refuses the raw-deflate window of 2**8 that a
+#: Before websockets 17.2, zlib refuses the raw-deflate window of 2**8 that a
 #: ``server_max_window_bits=8`` offer makes it negotiate (a ValueError, which
-#: its handshake turns into a 500). Such an offer is then answered without
-#: compression instead.
-_SMALL_WINDOW_FAILS = tuple(int(part) for part in websockets_version.split(".")[:1]) < (17,)
-_SMALL_WINDOW = re.compile(r"server_max_window_bits\s*=\s*\"?0*8\b", re.IGNORECASE)
+#: its handshake turns into a 500). Such offers are left out of the negotiation
+#: there: another offer of the client's may still be taken, else no compression.
+_SMALL_WINDOW_FAILS = tuple(int(part) for part in re.findall(r"\d+", websockets_version)[:2]) < (17, 2)
+_SMALL_WINDOW = re.compile(r"server_max_window_bits\s*=\s*\"?0*8\"?\s*(?:[;,]|$)", re.IGNORECASE)
+
+
+def _negotiable(offer: str | None) -> str | None:
+    """The client's extension offers this websockets version can negotiate."""
+    if not offer or not _SMALL_WINDOW_FAILS or not _SMALL_WINDOW.search(offer):
+        return offer
+    kept = [item for item in offer.split(",") if not _SMALL_WINDOW.search(item.strip())]
+    logger.info("permessage-deflate offer(s) with server_max_window_bits=8 left out: this websockets "
+                "version cannot compress with that window")
+    return ",".join(kept).strip() or None
 
 
 def _extension_factories(options: Options, offer: str | None) -> list[ServerPerMessageDeflateFactory]:
     if options.compression != "deflate" or not offer:
-        return []
-    if _SMALL_WINDOW_FAILS and _SMALL_WINDOW.search(offer):
-        logger.info("permessage-deflate offer %r needs a window this websockets version cannot make; "
-                    "answering without compression", offer)
         return []
     # Window 2**12 and memLevel 5 keep a compressor near 64 KiB instead of the
     # ~320 KiB of zlib's defaults, at little cost in ratio for chat-sized messages.
@@ -171,7 +177,7 @@ def accept(request: webob.Request, key: str, options: Options, subprotocol: str 
     documented ``accept`` / ``send_response``.
     """
     environ = request.environ
-    offer = environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")
+    offer = _negotiable(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"))
     protocol = ServerProtocol(
         extensions=_extension_factories(options, offer),
         subprotocols=[subprotocol] if subprotocol is not None else None,  # type: ignore[list-item]
