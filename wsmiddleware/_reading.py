@@ -42,7 +42,7 @@ class ReadLoop:
     __slots__ = (
         "protocol", "transport", "handler", "options", "_open", "_done", "_close_rcvd", "_close_sent",
         "_close_timer", "_greenlets", "_ka_ping", "_reader", "_last_recv", "_registry", "_tie", "_writer",
-        "_assembler", "_pings",
+        "_assembler", "_pings", "_ticker",
     )
 
     protocol: Any
@@ -121,7 +121,7 @@ class ReadLoop:
                     return True
                 fresh = False
                 if transport.parkable and park:
-                    ticker().schedule(self, self._last_recv + PARK_AFTER)
+                    self._ticker.schedule(self, self._last_recv + PARK_AFTER)
                 if not transport.wait_readable() and not transport.closed and park and self._park():
                     return True
                 continue
@@ -292,7 +292,7 @@ class ReadLoop:
     def _reschedule(self, now: float) -> None:
         when = self._next_deadline()
         if when is not None:
-            ticker().schedule(self, when)
+            self._ticker.schedule(self, when)
 
     # -- the end ------------------------------------------------------------------------
 
@@ -303,7 +303,7 @@ class ReadLoop:
         self._open = False
         if self._registry is not None:
             self._registry.discard(self)
-        ticker().discard(self)
+        self._ticker.discard(self)
         timer, self._close_timer = self._close_timer, None
         if timer is not None:
             timer.kill(block=False)

@@ -129,9 +129,13 @@ class Writer:
             self.eof_pending = True
 
     def owed(self) -> int:
-        """Bytes owed to the peer: queued here, plus (looked at every so often) in the kernel."""
-        if self._unchecked < KERNEL_CHECK_BYTES and not self.queued and not self._kernel_full:
-            return 0
+        """Bytes owed to the peer: queued here, plus (looked at every so often) in the kernel.
+
+        The kernel is asked once per KERNEL_CHECK_BYTES sent, and at every call while
+        it holds much: a burst queued within one turn costs no system call per frame.
+        """
+        if self._unchecked < KERNEL_CHECK_BYTES and not self._kernel_full:
+            return self.queued
         self._unchecked = 0
         unsent = self.transport.unsent()
         # While the kernel holds much, keep looking at every send: the peer is slow.

@@ -27,6 +27,7 @@ from websockets.protocol import Protocol, State
 
 from ._fanout import broadcast
 from ._frames import _as_message, _opcode_and_payload, encode_frame, large_frame_header
+from ._keepalive import ticker
 from ._messages import Assembler
 from ._pings import Pings, PingWaiter
 from ._reading import PARK_AFTER, ReadLoop
@@ -100,6 +101,7 @@ class WebSocket(ReadLoop):
         self._last_recv = _monotonic()
         self._registry = registry
         self._tie: Any = None
+        self._ticker = ticker()
 
     @property
     def request(self) -> webob.Request:

@@ -75,6 +75,10 @@ def take_over(environ: dict[str, Any], start_response: Callable[..., Any],
     sock = environ.get("gunicorn.sock") or (handler.socket if handler is not None else None) \
         or _reader_socket(reader)
     pending = take_buffered(reader, sock)
+    if isinstance(reader, io.BufferedReader):
+        # All it buffered is ours now, and its socket is detached below: closing it
+        # frees its 8 KiB buffer for the connection's lifetime (the environ keeps it).
+        reader.close()
     server = handler.server if handler is not None else None
     transport = transport_for(sock, pending=pending, remote_addr=environ.get("REMOTE_ADDR"),
                               detach=True, parkable=handler is not None, origin=server)
