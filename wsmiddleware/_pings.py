@@ -72,7 +72,8 @@ class Pings:
     __slots__ = ("_pending", "_reader")
 
     def __init__(self, reader: Any) -> None:
-        self._pending: OrderedDict[bytes, PingWaiter] = OrderedDict()
+        # Made on the first ping: most connections only ever see keepalive ones.
+        self._pending: OrderedDict[bytes, PingWaiter] | None = None
         #: Callable returning the connection's reading greenlet (or None).
         self._reader = reader
 
@@ -81,6 +82,8 @@ class Pings:
 
     def new(self, payload: bytes | str | None, timeout: float | None) -> PingWaiter:
         pending = self._pending
+        if pending is None:
+            pending = self._pending = OrderedDict()
         if payload is None:
             payload = os.urandom(4)
             while payload in pending:
@@ -95,13 +98,13 @@ class Pings:
         return waiter
 
     def forget(self, waiter: PingWaiter) -> None:
-        if self._pending.get(waiter.payload) is waiter:
+        if self._pending is not None and self._pending.get(waiter.payload) is waiter:
             del self._pending[waiter.payload]
 
     def pong(self, payload: bytes) -> None:
         """A pong acknowledges its ping and every ping sent before it."""
         pending = self._pending
-        if payload not in pending:
+        if not pending or payload not in pending:
             return
         while pending:
             key, waiter = pending.popitem(last=False)
@@ -110,6 +113,6 @@ class Pings:
                 break
 
     def abort_all(self, exc: BaseException) -> None:
-        pending, self._pending = self._pending, OrderedDict()
-        for waiter in pending.values():
+        pending, self._pending = self._pending, None
+        for waiter in (pending or {}).values():
             waiter._abort(exc)

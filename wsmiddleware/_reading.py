@@ -13,7 +13,6 @@ from gevent import GreenletExit
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 
-from ._keepalive import ticker
 from ._messages import InvalidText
 from .exceptions import ConnectionClosed
 from .transport._pool import PoolTie
@@ -28,9 +27,10 @@ _monotonic = time.monotonic
 
 #: Seconds without input after which a waiting reader greenlet is let go.
 PARK_AFTER = 1.0
-#: Bytes handed to the parser at a time, and the smaller slices used once a read
-#: turns out to hold many small frames (parsing costs about 6 µs per frame).
-SLICE, SMALL_SLICE = 16384, 2048
+#: Bytes handed to the parser at a time: a big read starts with SLICE, grows the
+#: slices while they complete few frames (a big message: few feeds), and uses
+#: SMALL_SLICE once they hold many small frames (parsing costs about 6 µs per frame).
+SLICE, SMALL_SLICE, LARGE_SLICE = 4096, 2048, 1048576
 #: Longest a connection keeps the hub before letting the loop serve others.
 MAX_HOLD = 0.002
 #: A positive sleep: the loop polls for I/O before this greenlet goes on.
@@ -163,8 +163,11 @@ class ReadLoop:
         while pos < size:
             protocol.receive_data(data[pos:pos + step])
             pos += step
-            if self._process_events() > 64:
+            completed = self._process_events()
+            if completed > 64:
                 step = SMALL_SLICE
+            elif completed <= 2 and step < LARGE_SLICE:
+                step *= 4
             if pos < size and _monotonic() - start > MAX_HOLD:
                 # The read buffer is shared by this hub's connections: keep the rest.
                 data, pos, size = bytes(data[pos:]), 0, size - pos

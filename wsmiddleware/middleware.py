@@ -144,7 +144,9 @@ class WebSocketMiddleware:
             registry=self.connections,
         )
         self.connections.add(websocket, route.template)
-        websocket.state.update(environ.get(_answer.STATE_KEY) or {})
+        handed = environ.pop(_answer.STATE_KEY, None)
+        if isinstance(handed, dict):
+            websocket.state = handed  # what on_handshake put there; one dict, not two
         # This frame lasts as long as the connection: what only the handshake
         # needed goes now (websocket.request rebuilds the Request on demand).
         del request, accepted, key, answer
