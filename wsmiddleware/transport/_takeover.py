@@ -4,7 +4,6 @@ the bytes a server's reader buffered past the request head."""
 from __future__ import annotations
 
 import io
-import os
 import socket
 import sys
 from typing import Any
@@ -59,11 +58,16 @@ def transport_for(server_sock: Any, *, pending: bytes, remote_addr: str | None, 
 
     ``detach``: take the descriptor from the server's socket object (which is
     left closed), so that nothing the server does after the WSGI call can read
-    from it; otherwise work on a duplicate, and the server's close ends it.
+    from it; otherwise share the server's socket object, made non-blocking (the
+    adapter gives it its timeout back at the end), and the server closes it.
     TLS connections keep the server's SSL socket (its state is in user space).
     """
     if is_tls(server_sock):
         return TLSTransport(server_sock, pending=pending, remote_addr=remote_addr, origin=origin)
-    fd = server_sock.detach() if detach else os.dup(server_sock.fileno())
-    return Transport(own_socket(fd), pending=pending, remote_addr=remote_addr, owned=True,
-                     parkable=parkable and detach, origin=origin)
+    if detach:
+        return Transport(own_socket(server_sock.detach()), pending=pending, remote_addr=remote_addr, owned=True,
+                         parkable=parkable, origin=origin)
+    # Not a duplicate descriptor: that would double what each connection costs
+    # against the process's file limit. A gevent socket with timeout 0 never waits.
+    server_sock.settimeout(0.0)
+    return Transport(server_sock, pending=pending, remote_addr=remote_addr, origin=origin)

@@ -32,6 +32,7 @@ from .errors import TransportUnavailable
 
 NAME = "gunicorn"
 UPGRADED = False
+_TIMEOUT_KEY = "wsmiddleware.gunicorn_timeout"
 
 
 def handles(environ: dict[str, Any]) -> bool:
@@ -66,8 +67,13 @@ def take_over(environ: dict[str, Any], start_response: Callable[..., Any],
     start_response("101 Switching Protocols", headers)
     head = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
     sock.sendall(head.encode("latin-1"))
+    environ[_TIMEOUT_KEY] = sock.gettimeout()
     return transport_for(sock, pending=_unread(environ), remote_addr=environ.get("REMOTE_ADDR"), detach=False)
 
 
 def finish(environ: dict[str, Any], transport: Transport) -> Iterable[bytes]:
+    # The socket is gunicorn's again: its keep-alive loop reads it (end of stream by now).
+    transport.release()
+    if _TIMEOUT_KEY in environ:
+        environ["gunicorn.socket"].settimeout(environ.pop(_TIMEOUT_KEY))
     return []
