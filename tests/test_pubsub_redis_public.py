@@ -27,19 +27,11 @@ from wsmiddleware.pubsub import RedisPubSub
 
 from .redis_support import REDIS_CLI, REDIS_SERVER, RedisServer
 from .support import PYTHON, ROOT, Inbox
+from .test_pubsub_redis import wait_for  # noqa: E402
 
 PACKAGE = ROOT / "wsmiddleware" / "pubsub"
 unpatched = pytest.mark.skipif(gevent.monkey.is_module_patched("socket"),
                                reason="needs a process that is not monkey-patched")
-
-
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.02) -> bool:
-    """Let the hub run until ``predicate()`` holds; False after ``timeout`` seconds."""
-    with gevent.Timeout(timeout, False):
-        while not predicate():
-            gevent.sleep(step)
-        return True
-    return bool(predicate())
 
 
 def all_clients(server: RedisServer) -> list[dict[str, str]]:
