@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import GreenletExit
@@ -63,6 +63,17 @@ class ReadLoop:
     _writer: Any
     _assembler: Any
     _pings: Any
+    _ticker: Any
+
+    if TYPE_CHECKING:  # the facade's write side, which the read side drives
+        def close(self, code: int = 1000, reason: str = "") -> None: ...
+        def ping(self, payload: bytes | str | None = None) -> Any: ...
+        def _flush(self) -> None: ...
+        def _send_chunks(self, chunks: list[bytes]) -> None: ...
+        def _start_close_timer(self) -> None: ...
+        def _abort(self) -> None: ...
+        def _slow_consumer(self) -> None: ...
+        def _closed_error(self) -> ConnectionClosed: ...
 
     def run(self) -> None:
         """Serve the connection: open it, then read and dispatch until it ends or parks.
@@ -70,7 +81,7 @@ class ReadLoop:
         Returns when the connection has ended, or once it has parked (the
         transport then keeps the socket and a later reader greenlet goes on).
         """
-        self._reschedule(_monotonic())
+        self._reschedule()
         self._serve(True)
 
     def _serve(self, opening: bool = False) -> None:
@@ -86,7 +97,7 @@ class ReadLoop:
                 # why, and let it answer within close_timeout unless killed again.
                 if self._done or not self._open:
                     raise
-                self.close(1001, "server shutting down")  # type: ignore[attr-defined]
+                self.close(1001, "server shutting down")
                 try:
                     self._read_loop(False, park=False)
                 except GreenletExit:
@@ -105,7 +116,7 @@ class ReadLoop:
 
     def _server_stopping(self) -> None:
         """The server this connection parked off is stopping."""
-        self.close(1001, "server shutting down")  # type: ignore[attr-defined]
+        self.close(1001, "server shutting down")
 
     def _read_loop(self, fresh: bool, park: bool = True) -> bool:
         """Read and dispatch until the connection ends (False) or parks (True).
@@ -179,12 +190,12 @@ class ReadLoop:
         events = protocol.events_received()
         closing = self._open and protocol.state is not _OPEN
         if not closing:
-            self._flush()  # type: ignore[attr-defined]
+            self._flush()
             for frame in events:
                 self._dispatch(frame)
             if protocol.state is not _OPEN and self._open:
                 self._open = False
-                self._start_close_timer()  # type: ignore[attr-defined]
+                self._start_close_timer()
         else:
             # The peer's close (or a frame failing the connection) came with earlier
             # messages. Those came first: their callbacks run with the connection
@@ -193,15 +204,15 @@ class ReadLoop:
             for frame in events:
                 self._dispatch(frame)
             self._open = False
-            self._send_chunks(held)  # type: ignore[attr-defined]
-            self._start_close_timer()  # type: ignore[attr-defined]
+            self._send_chunks(held)
+            self._start_close_timer()
         if self._writer.owed() > self.options.send_queue_limit and not self._done:
             # Pongs and close frames are owed, never dropped: a peer that makes us
             # owe more than the limit without reading is a slow consumer.
             if self._open:
-                self._slow_consumer()  # type: ignore[attr-defined]
+                self._slow_consumer()
             elif self._writer.queued > self.options.send_queue_limit:
-                self._abort()  # type: ignore[attr-defined]
+                self._abort()
         return len(events)
 
     def _dispatch(self, frame: Frame) -> None:
@@ -232,9 +243,9 @@ class ReadLoop:
         except InvalidText as exc:
             if self.protocol.state is _OPEN:
                 self.protocol.fail(1007, str(exc))
-                self._flush()  # type: ignore[attr-defined]
+                self._flush()
             self._open = False
-            self._start_close_timer()  # type: ignore[attr-defined]
+            self._start_close_timer()
             return
         if message is None:
             return
@@ -252,7 +263,7 @@ class ReadLoop:
         except Exception:
             logger.exception("%s.%s raised; closing %r with 1011", type(self.handler).__name__,
                              getattr(callback, "__name__", "callback"), self)
-            self.close(1011, "internal error")  # type: ignore[attr-defined]
+            self.close(1011, "internal error")
             return False
 
     # -- deadlines ------------------------------------------------------------------------
@@ -269,12 +280,12 @@ class ReadLoop:
             elif options.ping_timeout is not None and now - waiter.sent_at >= options.ping_timeout:
                 logger.info("%r: no pong within %s s, closing", self, options.ping_timeout)
                 self._ka_ping = None
-                self.close(1011, "keepalive ping timeout")  # type: ignore[attr-defined]
+                self.close(1011, "keepalive ping timeout")
                 # A dead or half-open peer will not answer the close frame.
-                self._abort()  # type: ignore[attr-defined]
+                self._abort()
                 return None
         elif options.ping_interval is not None and self._open and now - self._last_recv >= options.ping_interval:
-            self._ka_ping = self.ping()  # type: ignore[attr-defined]
+            self._ka_ping = self.ping()
         transport = self.transport
         if transport.waiting and transport.parkable and now - self._last_recv >= PARK_AFTER:
             transport.interrupt()
@@ -292,7 +303,7 @@ class ReadLoop:
             due.append(self._last_recv + PARK_AFTER)
         return min(due) if due else None
 
-    def _reschedule(self, now: float) -> None:
+    def _reschedule(self) -> None:
         when = self._next_deadline()
         if when is not None:
             self._ticker.schedule(self, when)
@@ -332,6 +343,6 @@ class ReadLoop:
         tie, self._tie = self._tie, None
         if tie is not None:
             tie.discard(self)
-        self._pings.abort_all(self._closed_error())  # type: ignore[attr-defined]
+        self._pings.abort_all(self._closed_error())
         self._assembler.reset()
         self._call(self.handler.on_close)

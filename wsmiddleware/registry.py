@@ -62,12 +62,12 @@ def registries() -> list[Registry]:
     return list(_all)
 
 
-def server_connections(origin: Any = None) -> set[Any]:
+def server_connections(*origins: Any) -> set[Any]:
     """Open server connections of every middleware of this process; with
-    ``origin``, only those that came through that server."""
+    ``origins``, only those that came through one of those servers."""
     found = set()
     for registry in registries():
         for websocket in registry:
-            if origin is None or websocket.transport.origin is origin:
+            if not origins or websocket.transport.origin in origins:
                 found.add(websocket)
     return found
