@@ -26,6 +26,7 @@ import webob
 from . import handshake
 from .exceptions import HandshakeError
 from .handler import WS
+from .integration import Integration
 
 __all__ = ["STATE_KEY", "Accept", "Reject", "consult", "interpret"]
 
@@ -73,7 +74,8 @@ class Reject:
         return self.body
 
 
-def consult(target: WS | type[WS], request: webob.Request, url_vars: dict[str, Any]) -> Accept | Reject:
+def consult(target: WS | type[WS], request: webob.Request, url_vars: dict[str, Any],
+            integration: Integration | None = None) -> Accept | Reject:
     """Build the handler (``target`` may be a class), call ``on_handshake``, interpret the answer."""
     environ = request.environ
     _set_routing_args(environ, url_vars)
@@ -86,7 +88,10 @@ def consult(target: WS | type[WS], request: webob.Request, url_vars: dict[str, A
         logger.exception("%s() raised; refusing the handshake with 500", name)
         return _refuse(_INTERNAL, environ)
     try:
-        answer = handler.on_handshake(request)
+        if integration is None:
+            answer = handler.on_handshake(request)
+        else:
+            answer = integration.handshake(request, handler.on_handshake)
     except HandshakeError as exc:
         return _refuse(exc, environ)
     except Exception as exc:

@@ -42,7 +42,7 @@ class ReadLoop:
     __slots__ = (
         "protocol", "transport", "handler", "options", "_open", "_done", "_close_rcvd", "_close_sent",
         "_close_timer", "_greenlets", "_ka_ping", "_reader", "_last_recv", "_registry", "_tie", "_writer",
-        "_assembler", "_pings", "_ticker",
+        "_assembler", "_pings", "_ticker", "_integration",
     )
 
     protocol: Any
@@ -64,6 +64,7 @@ class ReadLoop:
     _assembler: Any
     _pings: Any
     _ticker: Any
+    _integration: Any
 
     if TYPE_CHECKING:  # the facade's write side, which the read side drives
         def close(self, code: int = 1000, reason: str = "") -> None: ...
@@ -256,7 +257,11 @@ class ReadLoop:
 
     def _call(self, callback: Callable[..., Any], *args: Any) -> bool:
         try:
-            callback(self, *args)
+            integration = self._integration
+            if integration is None:
+                callback(self, *args)
+            else:
+                integration.callback(self, callback, *args)
             return True
         except ConnectionClosed:
             return True

@@ -71,7 +71,8 @@ class WebSocket(ReadLoop):
     def __init__(self, transport: Transport, protocol: Protocol, handler: Any, options: Options, *,
                  request: webob.Request | None = None, environ: dict[str, Any] | None = None,
                  url_vars: dict[str, Any] | None = None, subprotocol: str | None = None,
-                 compressed: bool = False, client: bool = False, registry: Any = None) -> None:
+                 compressed: bool = False, client: bool = False, registry: Any = None,
+                 integration: Any = None) -> None:
         self.transport = transport
         self.protocol = protocol
         self.handler = handler
@@ -102,6 +103,7 @@ class WebSocket(ReadLoop):
         self._registry = registry
         self._tie: Any = None
         self._ticker = ticker()
+        self._integration = integration
 
     @property
     def request(self) -> webob.Request:

@@ -13,6 +13,7 @@ from . import _answer, handshake, shutdown, transport
 from .connection import WebSocket
 from .exceptions import HandshakeError
 from .handler import WS
+from .integration import Integration
 from .options import Options
 from .registry import Registry
 from .routing import Route, Router
@@ -37,7 +38,10 @@ class WebSocketMiddleware:
 
     ``max_connections`` given here caps the open connections of this
     middleware (all routes); given to :meth:`mount`, it caps that route's.
-    Beyond a cap, handshakes get 503. :attr:`connections` holds the open server
+    Beyond a cap, handshakes get 503. ``integration`` (an
+    :class:`~wsmiddleware.integration.Integration`) is how a web framework wraps
+    handshakes and callbacks; :mod:`wsmiddleware.flask` and
+    :mod:`wsmiddleware.django` make one. :attr:`connections` holds the open server
     connections (client connections of the process are never counted).
     """
 
@@ -49,6 +53,8 @@ class WebSocketMiddleware:
     ) -> None:
         self.app = app
         self.max_connections: int | None = options.pop("max_connections", None)
+        #: What a web framework wraps around handshakes and callbacks (:mod:`wsmiddleware.integration`).
+        self.integration: Integration | None = options.pop("integration", None)
         self.options = Options().merged(options)
         #: The open server connections of this middleware.
         self.connections = Registry()
@@ -116,7 +122,7 @@ class WebSocketMiddleware:
                 return self._refuse_upgraded(environ, start_response, options, exc.reason)
             return handshake.rejection(exc)(environ, start_response)
         # The strict on_handshake contract lives in _answer: anything but an accept is a refusal.
-        answer = _answer.consult(route.handler, request, url_vars)
+        answer = _answer.consult(route.handler, request, url_vars, self.integration)
         if isinstance(answer, _answer.Reject):
             if already_upgraded:
                 return self._refuse_upgraded(environ, start_response, options, answer.reason)
@@ -142,6 +148,7 @@ class WebSocketMiddleware:
             subprotocol=accepted.subprotocol,
             compressed=accepted.compressed,
             registry=self.connections,
+            integration=self.integration,
         )
         self.connections.add(websocket, route.template)
         handed = environ.pop(_answer.STATE_KEY, None)
