@@ -184,6 +184,10 @@ def _set_routing_args(environ: dict[str, Any], url_vars: dict[str, Any]) -> None
     # An outer router may have set it already: keep its positional args and named
     # ones, the route's url_vars winning a clash since they are the most specific.
     existing = environ.get(ROUTING_ARGS_KEY)
+    if existing is None:
+        # The route's own dict: the environ lives as long as the connection.
+        environ[ROUTING_ARGS_KEY] = ((), url_vars)
+        return
     args: tuple[Any, ...] = ()
     named: dict[str, Any] = {}
     if isinstance(existing, (tuple, list)) and len(existing) == 2:

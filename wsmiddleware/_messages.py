@@ -13,7 +13,7 @@ from typing import Any
 
 from websockets.frames import Frame, Opcode
 
-__all__ = ["Assembler", "InvalidText"]
+__all__ = ["Assembler", "InvalidText", "whole"]
 
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
@@ -21,6 +21,22 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 class InvalidText(ValueError):
     """A text message is not valid UTF-8 (close code 1007)."""
+
+
+def whole(frame: Frame) -> str | bytes | None:
+    """The message of a final data frame that no fragment precedes; ``None`` for a
+    continuation (a stray one, after a failed message). Most messages are one frame:
+    they need no :class:`Assembler`, and most connections never make one."""
+    opcode = frame.opcode
+    data = frame.data
+    if opcode is _TEXT:
+        try:
+            return data.decode("utf-8") if type(data) is bytes else bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidText(f"invalid UTF-8: {exc.reason}") from None
+    if opcode is _BINARY:
+        return data if type(data) is bytes else bytes(data)
+    return None
 
 
 class Assembler:
@@ -45,19 +61,14 @@ class Assembler:
     def feed(self, frame: Frame) -> str | bytes | None:
         opcode = frame.opcode
         data = frame.data
+        if frame.fin and opcode is not _CONT:
+            return whole(frame)
         if opcode is _TEXT:
-            if frame.fin:
-                try:
-                    return data.decode("utf-8") if type(data) is bytes else bytes(data).decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise InvalidText(f"invalid UTF-8: {exc.reason}") from None
             self._decoder = _utf8_decoder()
             self._parts = []
             self._append_text(data, False)
             return None
         if opcode is _BINARY:
-            if frame.fin:
-                return data if type(data) is bytes else bytes(data)
             self._decoder = None
             self._parts = [bytes(data)]
             return None

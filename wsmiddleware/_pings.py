@@ -69,16 +69,17 @@ class PingWaiter:
 class Pings:
     """The pings of one connection waiting for their pongs, oldest first."""
 
-    __slots__ = ("_pending", "_reader")
+    __slots__ = ("_pending", "_owner")
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, owner: Any) -> None:
         # Made on the first ping: most connections only ever see keepalive ones.
         self._pending: OrderedDict[bytes, PingWaiter] | None = None
-        #: Callable returning the connection's reading greenlet (or None).
-        self._reader = reader
+        #: The connection, whose ``_reader`` is its reading greenlet (or None). Held
+        #: rather than a bound method: one object less for every connection.
+        self._owner = owner
 
     def reader_is_current(self) -> bool:
-        return gevent.getcurrent() is self._reader()
+        return gevent.getcurrent() is self._owner._reader
 
     def new(self, payload: bytes | str | None, timeout: float | None) -> PingWaiter:
         pending = self._pending

@@ -13,7 +13,7 @@ from gevent import GreenletExit
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 
-from ._messages import InvalidText
+from ._messages import Assembler, InvalidText, whole
 from .exceptions import ConnectionClosed
 from .transport._pool import PoolTie
 
@@ -235,12 +235,21 @@ class ReadLoop:
                 close = None
             if close is not None:
                 self._close_rcvd = (int(close.code), close.reason)
-            self._assembler.reset()
+            if self._assembler is not None:
+                self._assembler.reset()
             return
         if not self._open:
             return
         try:
-            message = self._assembler.feed(frame)
+            assembler = self._assembler
+            if assembler is None:
+                if frame.fin:
+                    message = whole(frame)
+                else:
+                    assembler = self._assembler = Assembler()
+                    message = assembler.feed(frame)
+            else:
+                message = assembler.feed(frame)
         except InvalidText as exc:
             if self.protocol.state is _OPEN:
                 self.protocol.fail(1007, str(exc))
@@ -349,5 +358,6 @@ class ReadLoop:
         if tie is not None:
             tie.discard(self)
         self._pings.abort_all(self._closed_error())
-        self._assembler.reset()
+        if self._assembler is not None:
+            self._assembler.reset()
         self._call(self.handler.on_close)

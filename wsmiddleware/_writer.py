@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -59,22 +58,24 @@ def _turns_of(hub: Any) -> _Turns:
 
 
 class Writer:
-    """Sends frames on ``transport``; ``on_error()`` is called once if the socket fails.
+    """Sends frames on ``transport`` for ``owner``, whose ``_abort()`` is called once if
+    the socket fails (the owner is held, not a bound method of it: one object less
+    for every connection).
 
     ``queued`` counts the bytes waiting in user space, the batch in flight
     included; :meth:`owed` adds what the kernel still holds for the peer.
     """
 
-    __slots__ = ("transport", "queue", "queued", "greenlet", "eof_pending", "_on_error", "_turns", "_turn",
+    __slots__ = ("transport", "queue", "queued", "greenlet", "eof_pending", "_owner", "_turns", "_turn",
                  "_unchecked", "_kernel_full")
 
-    def __init__(self, transport: Any, on_error: Callable[[], Any]) -> None:
+    def __init__(self, transport: Any, owner: Any) -> None:
         self.transport = transport
         self.queue: list[bytes | memoryview] = []
         self.queued = 0
         self.greenlet: gevent.Greenlet | None = None
         self.eof_pending = False
-        self._on_error = on_error
+        self._owner = owner
         self._turns = _turns_of(transport.hub)
         self._turn = -1
         self._unchecked = 0
@@ -203,6 +204,6 @@ class Writer:
 
     def _failed(self) -> None:
         try:
-            self._on_error()
+            self._owner._abort()
         except Exception:
             logger.exception("handling a failed send")

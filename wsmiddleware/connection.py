@@ -88,9 +88,9 @@ class WebSocket(ReadLoop):
         #: Whether this connection sends the very bytes :func:`encode_frame` makes
         #: (a server connection without extensions): broadcasts then encode once.
         self.shares_frames = not client and not compressed
-        self._writer = Writer(transport, self._abort)
-        self._assembler = Assembler()
-        self._pings = Pings(self._reading_greenlet)
+        self._writer = Writer(transport, self)
+        self._assembler: Assembler | None = None  # made by the first fragmented message
+        self._pings = Pings(self)
         self._open = True
         self._done = False
         self._close_sent: tuple[int, str] | None = None
@@ -122,9 +122,6 @@ class WebSocket(ReadLoop):
     def __repr__(self) -> str:
         state = "OPEN" if self._open else "CLOSED" if self._done else "CLOSING"
         return f"<WebSocket {self.path} from {self.remote_addr} {state}>"
-
-    def _reading_greenlet(self) -> gevent.Greenlet | None:
-        return self._reader
 
     # -- state ------------------------------------------------------------------------
 

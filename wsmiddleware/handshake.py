@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import webob
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
-from websockets.protocol import State
+from websockets.protocol import Protocol, Side, State
 from websockets.server import ServerProtocol
 from websockets.version import version as websockets_version
 
@@ -126,7 +126,7 @@ class Accepted:
     """What a successful handshake produced: the 101 headers and the open protocol."""
 
     headers: list[tuple[str, str]]
-    protocol: ServerProtocol
+    protocol: Protocol
     subprotocol: str | None
     compressed: bool = False
 
@@ -157,10 +157,14 @@ def _extension_factories(options: Options, offer: str | None) -> list[ServerPerM
     return [ServerPerMessageDeflateFactory(server_max_window_bits=12, compress_settings={"memLevel": 5})]
 
 
-def open_protocol(options: Options) -> ServerProtocol:
-    """A protocol in the OPEN state, for a connection whose HTTP handshake is done
-    elsewhere (gevent-websocket negotiates no extension)."""
-    return ServerProtocol(state=State.OPEN, max_size=options.max_message_size, logger=_protocol_logger())
+def open_protocol(options: Options) -> Protocol:
+    """A server-side protocol in the OPEN state, for a connection with no extension
+    whose HTTP handshake is done (here, or by gevent-websocket).
+
+    websockets' documented base class, not a ``ServerProtocol``: that one's parser
+    is a generator for the request wrapped around the frame parser's, kept for the
+    connection's lifetime."""
+    return Protocol(Side.SERVER, state=State.OPEN, max_size=options.max_message_size, logger=_protocol_logger())
 
 
 def _header_line(name: str, value: str) -> str:
@@ -178,7 +182,7 @@ def accept(request: webob.Request, key: str, options: Options, subprotocol: str 
     """
     environ = request.environ
     offer = _negotiable(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"))
-    protocol = ServerProtocol(
+    negotiating = ServerProtocol(
         extensions=_extension_factories(options, offer),
         subprotocols=[subprotocol] if subprotocol is not None else None,  # type: ignore[list-item]
         max_size=options.max_message_size,
@@ -195,15 +199,15 @@ def accept(request: webob.Request, key: str, options: Options, subprotocol: str 
         raw = "".join(head).encode("latin-1")
     except UnicodeEncodeError:
         raise HandshakeError("invalid header: not latin-1", 400) from None
-    protocol.receive_data(raw)
-    events = protocol.events_received()
+    negotiating.receive_data(raw)
+    events = negotiating.events_received()
     if not events:
-        raise HandshakeError(f"invalid handshake: {protocol.handshake_exc}", 400)
-    response = protocol.accept(events[0])  # type: ignore[arg-type]
+        raise HandshakeError(f"invalid handshake: {negotiating.handshake_exc}", 400)
+    response = negotiating.accept(events[0])  # type: ignore[arg-type]
     if response.status_code != 101:
-        raise HandshakeError(f"invalid Sec-WebSocket-Extensions header: {protocol.handshake_exc}", 400)
-    protocol.send_response(response)
-    protocol.data_to_send()  # the 101 goes out through the WSGI server instead
+        raise HandshakeError(f"invalid Sec-WebSocket-Extensions header: {negotiating.handshake_exc}", 400)
+    negotiating.send_response(response)
+    negotiating.data_to_send()  # the 101 goes out through the WSGI server instead
     headers = [(name, value) for name, value in response.headers.raw_items()
                if name.lower() not in ("date", "server")]
     compressed = "Sec-WebSocket-Extensions" in response.headers
@@ -212,8 +216,8 @@ def accept(request: webob.Request, key: str, options: Options, subprotocol: str 
         # The negotiating protocol's parser keeps the parsed request alive for the
         # connection's lifetime; with no extension agreed, a protocol opened directly
         # is the same, minus that (about 2.5 KiB per idle connection).
-        protocol = open_protocol(options)
-    return Accepted(headers, protocol, chosen, compressed)
+        return Accepted(headers, open_protocol(options), chosen, compressed)
+    return Accepted(headers, negotiating, chosen, compressed)
 
 
 def rejection(error: HandshakeError) -> webob.Response:

@@ -113,6 +113,13 @@ class Errors:
         self.calls += 1
 
 
+class Owner:
+    """The connection a Writer works for: it calls ``owner._abort()`` when the socket fails."""
+
+    def __init__(self, on_error: Callable[[], object]) -> None:
+        self._abort = on_error
+
+
 @pytest.fixture(autouse=True)
 def bounded():
     """No test may hang: each one runs inside a gevent Timeout."""
@@ -122,7 +129,7 @@ def bounded():
 
 def make(room: int | None = None, on_error: Callable[[], object] | None = None) -> tuple[Writer, FakeTransport]:
     transport = FakeTransport(room)
-    return Writer(transport, on_error if on_error is not None else Errors()), transport
+    return Writer(transport, Owner(on_error if on_error is not None else Errors())), transport
 
 
 def new_turn() -> None:
@@ -615,7 +622,7 @@ def test_on_error_closing_the_transport_ends_sending():
         errors()
         t.closed = True
 
-    writer = Writer(t, on_error)
+    writer = Writer(t, Owner(on_error))
     t.try_send_error = ConnectionResetError()
     new_turn()
     writer.send(b"a")
@@ -806,12 +813,12 @@ def test_default_loop_is_in_use():
 
 LIBUV_SCRIPT = textwrap.dedent("""
     import gevent
-    from tests.unit.test_writer import FakeTransport, Writer
+    from tests.unit.test_writer import FakeTransport, Owner, Writer
 
     print(type(gevent.get_hub().loop).__module__)
     with gevent.Timeout(5):
         t = FakeTransport()
-        writer = Writer(t, lambda: None)
+        writer = Writer(t, Owner(lambda: None))
         gevent.sleep(0)
         writer.send(b"one")
         writer.send(b"two")

@@ -150,13 +150,12 @@ class Transport:
             self.hub.loop.run_callback(waiter.switch, _INTERRUPTED)
 
     def park(self, wake: Callable[[], Any]) -> None:
-        """Call ``wake()`` from the hub once the peer sends something (or hangs up)."""
-        self._parked = True
-        self._read_io.start(self._unpark_then, wake)
+        """Call ``wake()`` from the hub once the peer sends something (or hangs up).
 
-    def _unpark_then(self, wake: Callable[[], Any]) -> None:
-        self.unpark()
-        wake()
+        ``wake`` must call :meth:`unpark` first: the watcher holds it alone, with no
+        wrapper of ours, as what every idle connection keeps is counted in bytes."""
+        self._parked = True
+        self._read_io.start(wake)
 
     def unpark(self) -> None:
         if self._parked:

@@ -8,9 +8,13 @@ import socket
 import sys
 from typing import Any
 
+from gevent.monkey import get_original
+
 from ._base import RECV_SIZE, TLSTransport, Transport
 
 __all__ = ["is_tls", "own_socket", "take_buffered", "transport_for"]
+
+_stdlib_socket = get_original("socket", "socket")
 
 
 def is_tls(sock: Any) -> bool:
@@ -20,8 +24,13 @@ def is_tls(sock: Any) -> bool:
 
 
 def own_socket(fd: int) -> socket.socket:
-    """A non-blocking standard-library socket on ``fd`` (which it now owns)."""
-    sock = socket.socket(fileno=fd)
+    """A non-blocking standard-library socket on ``fd`` (which it now owns).
+
+    The standard library's class even in a monkey-patched process: a gevent
+    socket would bring two watchers of its own per connection, and the
+    transport waits with its own watcher anyway.
+    """
+    sock = _stdlib_socket(fileno=fd)
     sock.setblocking(False)
     return sock
 
