@@ -14,6 +14,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 
 from ._messages import Assembler, InvalidText, whole
+from ._slicing import cut
 from .exceptions import ConnectionClosed
 from .transport._pool import PoolTie
 
@@ -27,10 +28,8 @@ _monotonic = time.monotonic
 
 #: Seconds without input after which a waiting reader greenlet is let go.
 PARK_AFTER = 1.0
-#: Bytes handed to the parser at a time: a big read starts with SLICE, grows the
-#: slices while they complete few frames (a big message: few feeds), and uses
-#: SMALL_SLICE once they hold many small frames (parsing costs about 6 µs per frame).
-SLICE, SMALL_SLICE, LARGE_SLICE = 4096, 2048, 1048576
+#: Frames one feed to the parser may start (see _slicing): at most about 0.4 ms of parsing.
+MAX_FRAMES = 64
 #: Longest a connection keeps the hub before letting the loop serve others.
 MAX_HOLD = 0.002
 #: A positive sleep: the loop polls for I/O before this greenlet goes on.
@@ -42,7 +41,7 @@ class ReadLoop:
     __slots__ = (
         "protocol", "transport", "handler", "options", "_open", "_done", "_close_rcvd", "_close_sent",
         "_close_timer", "_greenlets", "_ka_ping", "_reader", "_last_recv", "_registry", "_tie", "_writer",
-        "_assembler", "_pings", "_ticker", "_integration",
+        "_assembler", "_pings", "_ticker", "_integration", "_skip", "_head",
     )
 
     protocol: Any
@@ -65,6 +64,9 @@ class ReadLoop:
     _pings: Any
     _ticker: Any
     _integration: Any
+    #: Where the incoming stream is, for cutting reads at frame starts (see _slicing).
+    _skip: int
+    _head: bytes
 
     if TYPE_CHECKING:  # the facade's write side, which the read side drives
         def close(self, code: int = 1000, reason: str = "") -> None: ...
@@ -163,32 +165,41 @@ class ReadLoop:
 
     def _receive(self, data: Any) -> None:
         protocol = self.protocol
-        if len(data) <= SLICE:
+        n = len(data)
+        skip = self._skip
+        if skip >= n:
+            # Inside a big frame's payload: the whole read at once.
+            self._skip = skip - n
             protocol.receive_data(data)
             self._process_events()
             return
-        # A big read: in slices, and if they keep the hub too long, let the loop
+        if not skip and 1 < n <= 131 and (data[1] == n + 122 or data[1] == n - 2) and not self._head:
+            # Exactly one small frame (masked: a client's; unmasked: a server's).
+            protocol.receive_data(data)
+            self._process_events()
+            return
+        # Cut at frame starts, and if the feeds keep the hub too long, let the loop
         # serve others in between (a flood of tiny frames must not stall them).
-        step = SLICE
         start = _monotonic()
-        pos, size = 0, len(data)
-        while pos < size:
-            protocol.receive_data(data[pos:pos + step])
-            pos += step
-            completed = self._process_events()
-            if completed > 64:
-                step = SMALL_SLICE
-            elif completed <= 2 and step < LARGE_SLICE:
-                step *= 4
-            if pos < size and _monotonic() - start > MAX_HOLD:
+        pos = 0
+        while pos < n:
+            end, self._skip, self._head = cut(data, pos, self._skip, self._head, MAX_FRAMES)
+            protocol.receive_data(data[pos:end])
+            pos = end
+            self._process_events()
+            if pos < n and _monotonic() - start > MAX_HOLD:
                 # The read buffer is shared by this hub's connections: keep the rest.
-                data, pos, size = bytes(data[pos:]), 0, size - pos
+                data, pos, n = bytes(data[pos:]), 0, n - pos
                 gevent.sleep(YIELD_S)
                 start = _monotonic()
 
     def _process_events(self) -> int:
         protocol = self.protocol
         events = protocol.events_received()
+        if not events and protocol.state is _OPEN:
+            # Part of a frame: nothing to answer, dispatch or count (a big message
+            # arrives as many reads and slices).
+            return 0
         closing = self._open and protocol.state is not _OPEN
         if not closing:
             self._flush()

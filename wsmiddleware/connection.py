@@ -104,6 +104,8 @@ class WebSocket(ReadLoop):
         self._tie: Any = None
         self._ticker = ticker()
         self._integration = integration
+        self._skip = 0
+        self._head = b""
 
     @property
     def request(self) -> webob.Request:
