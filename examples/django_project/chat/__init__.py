@@ -1,0 +1,1 @@
+"""The chat app: rooms of logged-in users, messages kept in the database."""
