@@ -77,8 +77,10 @@ def take_over(environ: dict[str, Any], start_response: Callable[..., Any],
     pending = take_buffered(reader, sock)
     if isinstance(reader, io.BufferedReader):
         # All it buffered is ours now, and its socket is detached below: closing it
-        # frees its 8 KiB buffer for the connection's lifetime (the environ keeps it).
+        # frees its 8 KiB buffer, and an empty body in its place lets the reader and
+        # its socket wrapper go too (the environ lives as long as the connection).
         reader.close()
+        environ["wsgi.input"] = io.BytesIO()
     server = handler.server if handler is not None else None
     transport = transport_for(sock, pending=pending, remote_addr=environ.get("REMOTE_ADDR"),
                               detach=True, parkable=handler is not None, origin=server)
