@@ -138,8 +138,8 @@ def test_notes_page_shares_notes_between_two_browsers(new_page):
         server.stop()
 
 
-def test_flask_login_session_authorises_the_browser_websocket(new_page):
-    server = start_example("flask_app")
+def test_flask_login_session_authorises_the_browser_websocket(new_page, tmp_path):
+    server = start_example("flask_app", env={"FLASK_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'chat.sqlite3'}"})
     try:
         alice, bob = new_page(), new_page()
         for page, name in ((alice, "alice"), (bob, "bob")):
@@ -155,7 +155,7 @@ def test_flask_login_session_authorises_the_browser_websocket(new_page):
         stranger = new_page()
         stranger.goto(server.http + "/")
         closed_code = stranger.evaluate("""() => new Promise((resolve) => {
-            const ws = new WebSocket("ws://" + location.host + "/ws/room");
+            const ws = new WebSocket("ws://" + location.host + "/ws/room/lobby");
             ws.onopen = () => resolve("opened");
             ws.onclose = (event) => resolve(event.code);
         })""")

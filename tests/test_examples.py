@@ -86,26 +86,36 @@ def test_rpc_script_routes_messages():
         server.stop()
 
 
-def test_flask_script_shares_the_login_session_with_the_websocket():
-    server = start_example("flask_app")
+def test_flask_script_shares_the_login_session_with_the_websocket(tmp_path):
+    port = free_port()
+    server = ServerProcess([PYTHON, str(EXAMPLES / "flask_app.py"), "--host", "127.0.0.1", "--port", str(port)],
+                           port, name="example-flask_app",
+                           env={"FLASK_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'chat.sqlite3'}"})
     try:
         with pytest.raises(InvalidStatus) as info:
-            ws_connect(f"{server.url}/ws/room", open_timeout=5)
+            ws_connect(f"{server.url}/ws/room/lobby", open_timeout=5)
         assert info.value.response.status_code == 401
         status, headers, _ = fetch(server.port, "POST", "/login", b"name=alice",
                                   {"Content-Type": "application/x-www-form-urlencoded"})
         assert status == 302
         cookie = headers["set-cookie"].split(";", 1)[0]
         assert cookie.startswith("session=")
-        with ws_connect(f"{server.url}/ws/room", additional_headers={"Cookie": cookie}, open_timeout=5) as ws:
+        with ws_connect(f"{server.url}/ws/room/lobby", additional_headers={"Cookie": cookie}, open_timeout=5) as ws:
             assert ws.recv(timeout=5) == "* alice joined"
             ws.send("hello")
             assert ws.recv(timeout=5) == "alice: hello"
+            assert json.loads(fetch(server.port, "GET", "/api/rooms/lobby")[2]) == ["alice"]
+        # The history came from the database in a callback: a second visit gets it first.
+        with ws_connect(f"{server.url}/ws/room/lobby", additional_headers={"Cookie": cookie}, open_timeout=5) as ws:
+            assert ws.recv(timeout=5) == "alice: hello"
+            assert ws.recv(timeout=5) == "* alice joined"
         # A forged cookie is not a session.
         with pytest.raises(InvalidStatus):
-            ws_connect(f"{server.url}/ws/room", additional_headers={"Cookie": "session=forged.value"}, open_timeout=5)
+            ws_connect(f"{server.url}/ws/room/lobby", additional_headers={"Cookie": "session=forged.value"},
+                       open_timeout=5)
     finally:
         server.stop()
+    assert "Traceback" not in server.log_path.read_text()
 
 
 def test_pyramid_script_pushes_view_changes_to_websockets():
@@ -174,28 +184,40 @@ def test_rpc_notes_are_shared_between_clients():
             assert json.loads(bob.receive(timeout=2))["error"]["code"] == "invalid"
 
 
-def test_flask_users_chat_and_logout_closes_the_door():
-    from examples.flask_app import application
+def test_flask_users_chat_in_rooms_and_logout_closes_the_door(tmp_path):
+    from examples.flask_app import create_app
 
+    application = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'chat.sqlite3'}"})
     with TestClient(application) as alice, TestClient(application) as bob:
         assert "Log in" in alice.get("/").text
         assert alice.post("/login", data={"name": "alice"}).status_int == 302
-        assert bob.post("/login", data={"name": "bob"}).status_int == 302
-        assert "Logged in as" in alice.get("/").text
-        with alice.connect("/ws/room") as a:
+        assert bob.post("/login", data={"name": " bob  "}).status_int == 302
+        assert "Logged in as <b id=\"me\">alice</b>" in alice.get("/").text
+        with alice.connect("/ws/room/lobby") as a:
             assert a.receive(timeout=2) == "* alice joined"
-            with bob.connect("/ws/room") as b:
+            with bob.connect("/ws/room/lobby") as b, bob.connect("/ws/room/attic") as elsewhere:
                 assert b.receive(timeout=2) == "* bob joined"
                 assert a.receive(timeout=2) == "* bob joined"
-                assert alice.get("/api/online").json == ["alice", "bob"]
+                assert elsewhere.receive(timeout=2) == "* bob joined"
+                assert alice.get("/api/rooms/lobby").json == ["alice", "bob"]
                 b.send("hi alice")
                 assert a.receive(timeout=2) == "bob: hi alice"
                 assert b.receive(timeout=2) == "bob: hi alice"
+                b.send("   ")  # nothing to say: not published, not stored
+                elsewhere.send("up here")
+                assert elsewhere.receive(timeout=2) == "bob: up here"
+                with pytest.raises(ConnectionTimeout):
+                    a.receive(timeout=0.2)  # another room's talk and the blank line never arrive
             assert a.receive(timeout=2) == "* bob left"
+        with bob.connect("/ws/room/lobby") as b:  # the room's history, from the database
+            assert [b.receive(timeout=2) for _ in range(2)] == ["bob: hi alice", "* bob joined"]
         bob.post("/logout")
         with pytest.raises(ConnectionRejected) as info:
-            bob.connect("/ws/room")
+            bob.connect("/ws/room/lobby")
         assert info.value.status == 401 and b"log in first" in info.value.body
+        with pytest.raises(ConnectionRejected) as info:
+            alice.connect("/ws/room/no%20spaces")
+        assert info.value.status == 404
         assert bob.post("/login", data={"name": ""}).status_int == 400
 
 
