@@ -132,6 +132,10 @@ class Ticker:
         return len(self._deadlines)
 
     def schedule(self, item: DeadlineItem, when: float) -> bool:
+        # The common case first, without a call: a reader that waits again is due no sooner.
+        live = self._deadlines._live.get(item)
+        if live is not None and live[0] <= when:
+            return False
         if not self._deadlines.schedule(item, when):
             return False
         if not self.running:

@@ -202,7 +202,9 @@ class ReadLoop:
             return 0
         closing = self._open and protocol.state is not _OPEN
         if not closing:
-            self._flush()
+            if not self._open:
+                self._flush()  # the rest of our closing handshake
+            # Open, the protocol only writes for pings: their dispatch sends the pongs.
             for frame in events:
                 self._dispatch(frame)
             if protocol.state is not _OPEN and self._open:
@@ -231,6 +233,8 @@ class ReadLoop:
         opcode = frame.opcode
         handler = self.handler
         if opcode is _PING:
+            # All the pongs of this read at the first ping; nothing for the next ones.
+            self._flush()
             if self._open:
                 self._call(handler.on_ping, bytes(frame.data))
             return
