@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import Message, PubSub, Subscriber
+from .history import History, Position, Recovery
 from .memory import MemoryPubSub
 
 if TYPE_CHECKING:  # pragma: no cover
     from .redis import RedisPubSub
 
-__all__ = ["PubSub", "MemoryPubSub", "RedisPubSub", "Subscriber", "Message"]
+__all__ = ["PubSub", "MemoryPubSub", "RedisPubSub", "Subscriber", "Message", "Position", "History", "Recovery"]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,9 +30,12 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 __all__ = ["PubSub", "Subscriber", "Message", "Subscriptions", "is_pattern", "check_message", "deliver"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .history import History, Position, Recovery
 
 logger = logging.getLogger("wsmiddleware.pubsub")
 
@@ -48,6 +51,8 @@ class Subscriber(Protocol):
 
 #: subscriber class -> its ``deliver_group`` (or None), looked up once per class.
 _groups: dict[type, Callable[..., int] | None] = {}
+#: subscriber class -> whether it takes positions (``positioned = True``); filled with _groups.
+_positioned: dict[type, bool] = {}
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -77,11 +82,14 @@ def check_message(message: Any) -> Message:
     raise TypeError(f"a pub/sub message is str (text) or bytes (binary), not {kind.__name__}")
 
 
-def deliver(clients: Iterable[Subscriber], channel: str, message: Message, exclude: Any = None) -> int:
+def deliver(clients: Iterable[Subscriber], channel: str, message: Message, exclude: Any = None,
+            position: Any = None) -> int:
     """Hand ``message`` to each client but ``exclude``; return how many took it.
 
     Subscribers whose class defines ``deliver_group`` are handed over in one
     call per such group (WebSocket connections: one encoded frame for all).
+    Those whose class sets ``positioned = True`` are called with the message's
+    history ``position`` as a third argument (see :mod:`.history`).
     """
     groups: dict[Callable[..., int], list[Any]] | None = None
     count = 0
@@ -93,6 +101,14 @@ def deliver(clients: Iterable[Subscriber], channel: str, message: Message, exclu
             group = _groups[kind]
         except KeyError:
             group = _groups[kind] = getattr(kind, "deliver_group", None)
+            _positioned[kind] = getattr(kind, "positioned", False) is True
+        if _positioned[kind]:
+            try:
+                client(channel, message, position)  # type: ignore[call-arg]
+                count += 1
+            except Exception:
+                logger.exception("pub/sub subscriber %r raised on a message for %r", client, channel)
+            continue
         if group is not None:
             if groups is None:
                 groups = {}
@@ -240,6 +256,63 @@ class PubSub(ABC):
     @abstractmethod
     def close(self) -> None:
         """Drop every subscription and release connections; the object is unusable after."""
+
+    # -- history (backends made with ``history=``; see :mod:`.history`) ---------------------
+
+    def history_size(self, channel: str) -> int:
+        """How many messages of ``channel`` this backend keeps (0: no history)."""
+        return 0
+
+    def history(self, channel: str, *, after: Position | None = None, limit: int | None = None) -> History:
+        """The kept messages of ``channel``, oldest first: those after ``after`` (all
+        kept ones if None), at most ``limit`` (the newest ones, if ``after`` is None;
+        the oldest after it otherwise). Without history: no messages, not complete."""
+        from .history import History
+
+        return History("", 0, [], False)
+
+    def resume(self, channel: str, client: Subscriber, since: Position | None = None) -> Recovery:
+        """Subscribe ``client`` to ``channel`` (literally, never as a pattern), first
+        replaying what it missed after ``since``.
+
+        Every message after ``since`` reaches ``client`` once, in order: those
+        already published from history, then the live ones, with none lost or
+        repeated in between. When the gap cannot be filled (another epoch, or
+        older than the history keeps), nothing is replayed and
+        ``recovered`` is False; the live messages follow all the same.
+        Subscribers must not block (as always): the hand-over from replay to
+        live relies on it.
+        """
+        from .history import Position, Recovery, Seam, call
+
+        if not self.history_size(channel):
+            self.subscribe(channel, client, pattern=False)
+            return Recovery(None if since is None else False, Position("", 0), 0)
+        seam = Seam(client)
+        # Live messages are held from before the history is read: a message can be in
+        # both, never in neither. The offsets sort the overlap out.
+        self.subscribe(channel, seam, pattern=False)
+        try:
+            found = self.history(channel, after=since, limit=0 if since is None else None)
+            replayed = 0
+            if since is None:
+                recovered: bool | None = None
+                last = found.head
+            elif found.complete:
+                recovered = True
+                last = since.offset
+                for offset, message in found.messages:
+                    call(client, channel, message, Position(found.epoch, offset))
+                    last = offset
+                    replayed += 1
+            else:
+                recovered = False
+                last = found.head
+            self.subscribe(channel, client, pattern=False)
+        finally:
+            self.unsubscribe(channel, seam, pattern=False)
+        last = seam.release(found.epoch, last)
+        return Recovery(recovered, Position(found.epoch, last), replayed)
 
     def subscription_count(self) -> int:
         """How many (channel or pattern, subscriber) pairs this process holds."""
