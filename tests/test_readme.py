@@ -49,3 +49,17 @@ def test_readme_snippet_runs(index, tmp_path, echo_example):
                             text=True, timeout=60)
     assert result.returncode == 0, f"README snippet {index} failed:\n{code}\n{result.stdout}\n{result.stderr}"
     assert "snippet ok" in result.stdout
+
+
+def test_readme_redis_cli_publish_reaches_the_chat_example():
+    """Each ``redis-cli PUBLISH CHANNEL`` of the README names a channel of ``examples/chat.py``."""
+    from examples.chat import ROOM, ChatRoom
+    from wsmiddleware.pubsub import MemoryPubSub
+
+    template = ChatRoom(MemoryPubSub()).channel
+    prefix, _, rest = template.partition("{room}")
+    channels = re.findall(r"redis-cli PUBLISH (\S+)", (ROOT / "README.md").read_text())
+    assert channels, "the README shows no redis-cli PUBLISH"
+    for channel in channels:
+        assert channel.startswith(prefix) and channel.endswith(rest), (channel, template)
+        assert ROOM.match(channel[len(prefix):len(channel) - len(rest)]), channel

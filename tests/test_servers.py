@@ -85,6 +85,8 @@ def test_unsupported_server_answers_501_and_logs_which_servers_work(kind):
         assert status == 501
         assert body.decode().count("\n") == 1
         assert b"gunicorn -k gevent" in body
+        # Also a way to develop with it: the message names the development server.
+        assert b"python -m wsmiddleware serve module:application --reload" in body
         assert "cannot serve WebSocket" in server.log()
         assert "gevent.pywsgi.WSGIServer" in server.log()
         # Plain HTTP still works there.

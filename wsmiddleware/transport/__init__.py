@@ -20,6 +20,8 @@ SUPPORTED_SERVERS = (
     "gevent.pywsgi.WSGIServer, gunicorn -k gevent, gunicorn -k gevent_pywsgi, "
     "gevent-websocket's WebSocketHandler / GeventWebSocketWorker"
 )
+#: Said with every 501: what serves the app with WebSocket while developing.
+DEV_SERVER_HINT = "for development, python -m wsmiddleware serve module:application --reload serves it"
 
 
 def detect(environ: dict[str, Any]) -> Any:
@@ -36,5 +38,5 @@ def detect(environ: dict[str, Any]) -> Any:
             return adapter
     raise TransportUnavailable(
         f"server {environ.get('SERVER_SOFTWARE', 'unknown')!r} cannot hand its socket over; "
-        "WebSocket needs one of: " + SUPPORTED_SERVERS
+        "WebSocket needs one of: " + SUPPORTED_SERVERS + "; " + DEV_SERVER_HINT
     )

@@ -39,10 +39,11 @@ def handles(environ: dict[str, Any]) -> bool:
     if "gunicorn.socket" not in environ or "gunicorn.sock" in environ:
         return False
     if not isinstance(environ["gunicorn.socket"], gevent.socket.socket):
-        from . import SUPPORTED_SERVERS
+        from . import DEV_SERVER_HINT, SUPPORTED_SERVERS
 
         raise TransportUnavailable(
             "this gunicorn worker is not a gevent worker; WebSocket needs one of: " + SUPPORTED_SERVERS
+            + "; " + DEV_SERVER_HINT
         )
     return True
 
