@@ -25,7 +25,10 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 class RedisServer:
     """One redis-server child process; ``kill`` and ``start`` keep the same port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
+        #: persistent: an append-only file synced at every write, so that even a
+        #: SIGKILL loses nothing (the streams of channel history survive a restart).
+        self.persistent = persistent
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="wsm-redis-"))
         self.proc: subprocess.Popen | None = None
@@ -37,7 +40,8 @@ class RedisServer:
 
     def start(self) -> None:
         argv = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
             "--dir", str(self.dir), "--protected-mode", "no", "--loglevel", "warning",
         ]
         log = open(self.dir / "redis.log", "ab")

@@ -17,7 +17,7 @@ out of a thread: gevent's hub would print it; :meth:`ProcessState.io` re-raises
 in the greenlet instead.
 
 redis-py API used: ``Redis.from_url``, ``Redis.publish``, ``Redis.pubsub``,
-``Redis.close``; ``PubSub.subscribe/psubscribe/unsubscribe/punsubscribe/ping/
+``Redis.close``, ``Redis.register_script`` (history, :mod:`._redis_history`); ``PubSub.subscribe/psubscribe/unsubscribe/punsubscribe/ping/
 parse_response/handle_message/close``; ``Connection.can_read``;
 ``redis.retry.Retry``, ``redis.backoff.NoBackoff``, ``redis.exceptions``.
 One name is public but not in redis-py's documentation: the ``PubSub.connection``
@@ -134,6 +134,12 @@ class ProcessState:
         self.serial_of: dict[Any, int] = {}
         self.client_of: dict[int, Any] = {}
         self.serials = itertools.count(1)
+        #: exact channel -> position of the last message handed to its subscribers
+        #: (channels with history only): what the reader fills gaps from.
+        self.positions: dict[str, Any] = {}
+        #: Set by a publish that succeeds while the reader waits to reconnect.
+        self.wake = Event()
+        self.scripts: Any = None
 
     def io(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` where it may block: here if patched, else in a hub thread."""

@@ -10,15 +10,17 @@ import logging
 import os
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import Event
 
 from . import _redis_io as io
+from ._redis_history import entries_after
 from ._redis_io import ProcessState, redis
-from ._redis_wire import decode_message, redis_glob
+from ._redis_wire import decode_message, decode_positioned, redis_glob
 from .base import Subscriptions, deliver
+from .history import Position
 
 logger = logging.getLogger("wsmiddleware.pubsub.redis")
 
@@ -35,6 +37,11 @@ class Reader:
     reconnect_delay: float
     max_reconnect_delay: float
     ping_interval: float
+
+    if TYPE_CHECKING:  # provided by RedisPubSub (a stub here would shadow it in the MRO)
+        def history_size(self, channel: str) -> int: ...
+        def _read(self, local: ProcessState, channel: str, mode: str = "none", first: int | str = "",
+                  last: int | str = "", count: int | str = "") -> tuple[str, int, list[Any]]: ...
 
     def _current(self, local: ProcessState) -> bool:
         return (
@@ -69,6 +76,7 @@ class Reader:
                         logger.info("Redis pub/sub connected to %s (pid %d)", self._where, local.pid)
                     down_since = None
                     failures = 0
+                    self._catch_up(local)
                     self._listen(local)
                 except Exception as exc:
                     if not self._current(local):
@@ -92,7 +100,8 @@ class Reader:
                     return
                 delay = min(self.max_reconnect_delay, self.reconnect_delay * 2 ** min(failures, 30))
                 failures += 1
-                gevent.sleep(delay * (0.5 + random.random() / 2))
+                local.wake.clear()
+                local.wake.wait(delay * (0.5 + random.random() / 2))
         finally:
             if local.reader is gevent.getcurrent() and local.pid == os.getpid():
                 self._drop_connection(local)
@@ -158,15 +167,77 @@ class Reader:
         clients = self._subscriptions.of(key)
         if not clients:
             return
-        message, origin = decode_message(data)
+        message, origin, position = decode_positioned(data)
+        name = channel.decode("utf-8", "surrogateescape")
+        if position is not None and not key[0]:
+            seen = local.positions.get(name)
+            if seen is not None and seen.epoch != position.epoch:
+                self._lost(name, seen, position.epoch)
+                # Every message of the new epoch came after the last one of the old.
+                seen = Position(position.epoch, 0)
+            if seen is not None:
+                if position.offset <= seen.offset:
+                    return  # delivered already, from the stream
+                if position.offset > seen.offset + 1:
+                    self._fill(local, name, seen, position.offset - 1)
+                    clients = self._subscriptions.of(key)
+            local.positions[name] = position
+        self._deliver(local, clients, name, message, origin, position)
+
+    def _deliver(self, local: ProcessState, clients: list[Any], channel: str, message: Any, origin: bytes | None,
+                 position: Position | None) -> None:
         exclude = None
         if origin is not None and origin[:8] == local.token:
             exclude = local.client_of.get(int.from_bytes(origin[8:], "big"))
         try:
-            deliver(clients, channel.decode("utf-8", "surrogateescape"), message, exclude)
+            deliver(clients, channel, message, exclude, position)
         except Exception:
             # A fan-out bug must not pass for a Redis failure and cost every process a reconnect.
             logger.exception("delivering a message of %r failed", channel)
+
+    def _catch_up(self, local: ProcessState) -> None:
+        """After (re)connecting: deliver what each tracked channel got meanwhile."""
+        for name, seen in list(local.positions.items()):
+            if (False, name) in self._subscriptions and self._current(local):
+                self._fill(local, name, seen, None)
+
+    @staticmethod
+    def _lost(channel: str, seen: Position, epoch: str) -> None:
+        if seen.offset:
+            logger.warning("the history of %r was lost (epoch %s, now %s): messages after offset %d of the "
+                           "old epoch may not have reached this process", channel, seen.epoch, epoch, seen.offset)
+
+    def _fill(self, local: ProcessState, channel: str, seen: Position, last: int | None, again: bool = True) -> None:
+        """Deliver ``channel``'s messages after ``seen`` (up to offset ``last``) from its stream."""
+        size = self.history_size(channel)
+        try:
+            epoch, head, raw = self._read(local, channel, "after", seen.offset + 1, "" if last is None else last)
+        except (redis.RedisError, OSError) as exc:
+            logger.warning("cannot read the history of %r to fill a gap after offset %d: %s",
+                           channel, seen.offset, exc)
+            return
+        if epoch != seen.epoch:
+            self._lost(channel, seen, epoch)
+            if again:
+                local.positions[channel] = Position(epoch, 0)
+                self._fill(local, channel, Position(epoch, 0), None, again=False)
+            return
+        found = entries_after(raw, max(seen.offset, head - size) if size else seen.offset)
+        if found and found[0][0] != seen.offset + 1:
+            logger.warning("%d message(s) of %r after offset %d are no longer in its history: they did not "
+                           "reach this process", found[0][0] - seen.offset - 1, channel, seen.offset)
+        elif not found and last is not None and last > seen.offset:
+            logger.warning("messages %d to %d of %r are no longer in its history", seen.offset + 1, last, channel)
+        for offset, payload in found:
+            current = local.positions.get(channel)
+            if current is not None and current.epoch == epoch and current.offset >= offset:
+                continue
+            clients = self._subscriptions.of((False, channel))
+            position = Position(epoch, offset)
+            local.positions[channel] = position
+            if clients:
+                message, origin = decode_message(payload)
+                self._deliver(local, clients, channel, message, origin, position)
 
     def _detach(self, local: ProcessState) -> Any:
         """Forget the subscriber connection (the caller closes it); release the waiters."""

@@ -54,6 +54,7 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -61,11 +62,13 @@ import gevent
 from gevent.event import Event
 
 from ..exceptions import PubSubError
+from . import _redis_history as stream
 from . import _redis_io as io
 from ._redis_io import ProcessState, redis
 from ._redis_reader import Reader
 from ._redis_wire import decode_message, encode_message, redis_glob
 from .base import Message, PubSub, Subscriber, check_message
+from .history import History, HistorySizes, Position
 
 __all__ = ["RedisPubSub", "encode_message", "decode_message", "redis_glob"]
 
@@ -98,6 +101,21 @@ class RedisPubSub(Reader, PubSub):
 
     ``publish`` returns how many Redis subscriber connections (about: how many
     processes with a matching subscription) received the message.
+
+    ``history``: keep the last N messages of every channel (an ``int``), or of
+    the channels matching each glob (``{"chat:*": 100}``, first match wins), in
+    a Redis stream per channel beside its epoch and head offset (see
+    :mod:`._redis_history`); ``history_ttl``: seconds after the last publish
+    before a channel's history expires (the next message then starts a new
+    epoch); ``key_prefix``: the prefix of those keys. Every process publishing
+    to such a channel must be configured with the same history, since the
+    publisher appends. With history, :meth:`resume` replays what a subscriber
+    missed, and this process's reader fills its own gaps from the stream: when
+    its subscription drops and comes back, or a message arrives whose offset
+    skips some, the missing ones are read and delivered first, in order, so a
+    Redis restart or a network blip loses nothing for local subscribers of
+    exact channels (pattern subscriptions are not filled). Messages that foreign
+    publishers (``redis-cli PUBLISH``) send bypass the history.
     """
 
     def __init__(
@@ -108,9 +126,17 @@ class RedisPubSub(Reader, PubSub):
         max_reconnect_delay: float = 5.0,
         ping_interval: float = 10.0,
         subscribe_timeout: float = 2.0,
+        history: int | Mapping[str, int] | None = None,
+        history_ttl: float | None = None,
+        key_prefix: str = "wsm:",
         **options: Any,
     ) -> None:
         super().__init__()
+        self._sizes = HistorySizes(history)
+        if history_ttl is not None and history_ttl <= 0:
+            raise ValueError(f"history_ttl is a number of seconds > 0, not {history_ttl!r}")
+        self.history_ttl = history_ttl
+        self._keys = stream.Keys(key_prefix)
         self.url = url
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
@@ -137,6 +163,8 @@ class RedisPubSub(Reader, PubSub):
         key = self._key(channel, pattern)
         self._check_open()
         local = self._local()
+        if not key[0] and key[1] not in local.positions and self.history_size(channel):
+            self._track(local, channel)
         self._subscriptions.add(key, client)
         if local.reader is None:
             local.reader = gevent.spawn(self._run, local)
@@ -159,6 +187,8 @@ class RedisPubSub(Reader, PubSub):
             return
         self._forget_sender(client)
         if emptied:
+            if not key[0]:
+                local.positions.pop(key[1], None)
             self._sync(local, key)
 
     def publish(self, channel: str, message: Message, *, sender: Subscriber | None = None) -> int:
@@ -168,16 +198,73 @@ class RedisPubSub(Reader, PubSub):
         self._check_open()
         local = self._local()
         data = encode_message(message, self._origin(local, sender))
+        size = self._sizes.of(channel) if self._sizes else 0
         if not local.publishers.acquire(timeout=self._options.get("socket_timeout") or 3.0):
             raise PubSubError(f"cannot publish to {channel!r}: every connection to Redis at {self._where} is busy")
         try:
-            return local.io(io.publish, local, channel.encode("utf-8", "surrogateescape"), data)
+            wire = channel.encode("utf-8", "surrogateescape")
+            if size:
+                receivers: int = local.io(stream.publish, self._scripts(local), local.client, self._keys.of(channel),
+                                          wire, data, size, self.history_ttl)[0]
+            else:
+                receivers = local.io(io.publish, local, wire, data)
         except (redis.RedisError, OSError) as exc:
             raise PubSubError(
                 f"cannot publish to {channel!r}: Redis at {self._where} is unavailable ({exc})"
             ) from exc
         finally:
             local.publishers.release()
+        if not local.ready and local.reader is not None:
+            local.wake.set()  # Redis answers again: the reader need not finish its backoff
+        return receivers
+
+    # -- history ------------------------------------------------------------------
+
+    def history_size(self, channel: str) -> int:
+        return self._sizes.of(channel) if self._sizes else 0
+
+    def history(self, channel: str, *, after: Position | None = None, limit: int | None = None) -> History:
+        """The kept messages of ``channel`` (see :meth:`PubSub.history`), read from Redis.
+
+        Raises :class:`PubSubError` when Redis cannot be reached.
+        """
+        self._key(channel, False)
+        self._check_open()
+        size = self.history_size(channel)
+        local = self._local()
+        try:
+            if not size:
+                return History("", 0, [], False)
+            if after is None:
+                count = size if limit is None else min(limit, size)
+                epoch, head, raw = self._read(local, channel, "last" if count else "none", count or "")
+            else:
+                epoch, head, raw = self._read(local, channel, "after", after.offset + 1, "",
+                                              "" if limit is None else limit)
+        except (redis.RedisError, OSError) as exc:
+            raise PubSubError(f"cannot read the history of {channel!r}: Redis at {self._where} is unavailable "
+                              f"({exc})") from exc
+        entries = [(offset, decode_message(payload)[0]) for offset, payload in stream.entries_after(raw, head - size)]
+        return stream.history(epoch, head, size, after, entries)
+
+    def _read(self, local: ProcessState, channel: str, mode: str = "none", first: int | str = "",
+              last: int | str = "", count: int | str = "") -> tuple[str, int, list[Any]]:
+        return local.io(stream.read, self._scripts(local), local.client, self._keys.of(channel), self.history_ttl,
+                        mode, first, last, count)  # type: ignore[no-any-return]
+
+    def _scripts(self, local: ProcessState) -> stream.Scripts:
+        if local.scripts is None:
+            local.scripts = stream.Scripts(local.client)
+        return local.scripts  # type: ignore[no-any-return]
+
+    def _track(self, local: ProcessState, channel: str) -> None:
+        """Note where ``channel`` stands before subscribing: the reader fills from there."""
+        try:
+            epoch, head, _ = self._read(local, channel)
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("cannot read the head of %r before subscribing: %s", channel, exc)
+            return
+        local.positions.setdefault(channel, Position(epoch, head))
 
     def close(self) -> None:
         self._closed = True
