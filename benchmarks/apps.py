@@ -8,7 +8,9 @@ slow reader) when the package has it, else through a loop of ``write`` calls.
 With ``WSM_BENCH_REDIS`` set, ``/broadcast`` goes through ``RedisPubSub`` instead,
 so that subscribers in different gunicorn workers all get every message; each
 such connection first receives ``"pid N"`` so the load generator can show how
-connections spread over the workers.
+connections spread over the workers. ``WSM_BENCH_PUBSUB=memory`` makes it a
+``PubSubWS`` on ``MemoryPubSub`` (in one process), and ``WSM_BENCH_HISTORY=N``
+gives either backend a history of N messages per channel (the cost of history).
 """
 
 from __future__ import annotations
@@ -86,18 +88,26 @@ def redis_available() -> bool:
     return _pubsub_classes() is not None
 
 
-def _redis_route(url: str) -> WS:
+def _pubsub_route(backend: str) -> WS:
     classes = _pubsub_classes()
     if classes is None:
         raise RuntimeError("this wsmiddleware has no RedisPubSub / PubSubWS")
     pubsub_ws, redis_pubsub = classes
+    history = int(os.environ.get("WSM_BENCH_HISTORY") or 0)
+    options = {"history": history} if history else {}
+    if backend == "memory":
+        from wsmiddleware.pubsub import MemoryPubSub
+
+        pubsub = MemoryPubSub(**options)
+    else:
+        pubsub = redis_pubsub(backend, **options)
 
     class Announcing(pubsub_ws):  # type: ignore[misc, valid-type]
         def on_open(self, websocket: Any) -> None:
             websocket.write(f"pid {os.getpid()}")
             super().on_open(websocket)
 
-    return Announcing(redis_pubsub(url), channel="bench")
+    return Announcing(pubsub, channel="bench")
 
 
 def not_found(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -106,10 +116,10 @@ def not_found(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 def make_application() -> WebSocketMiddleware:
-    redis_url = os.environ.get("WSM_BENCH_REDIS")
+    backend = os.environ.get("WSM_BENCH_REDIS") or os.environ.get("WSM_BENCH_PUBSUB")
     routes: dict[str, Any] = {"/echo": Echo(), "/broadcast": Broadcast()}
-    if redis_url:
-        routes["/broadcast"] = _redis_route(redis_url)
+    if backend:
+        routes["/broadcast"] = _pubsub_route(backend)
     return WebSocketMiddleware(not_found, routes, compression=None, max_message_size=64 * 2**20)
 
 

@@ -226,8 +226,47 @@ SCENARIOS = {
             _fanout,
             client="lean",
         ),
+        Scenario(
+            "pubsub-memory", "PubSubWS on MemoryPubSub, {subscribers} subscribers, {messages} messages, history off",
+            "fanout", ("wsm",),
+            {"subscribers": 1000, "messages": 200},
+            {},
+            FANOUT_METRICS,
+            _fanout,
+            client="lean",
+        ),
+        Scenario(
+            "history-memory", "PubSubWS on MemoryPubSub(history={history}), {subscribers} subscribers, "
+            "{messages} messages",
+            "fanout", ("wsm",),
+            {"subscribers": 1000, "messages": 200, "history": 1000},
+            {},
+            FANOUT_METRICS,
+            _fanout,
+            client="lean",
+        ),
+        Scenario(
+            "history-cross-worker", "gunicorn -w {workers} + RedisPubSub(history={history}), {subscribers} "
+            "subscribers, {messages} messages",
+            "fanout", ("wsm-gunicorn",),
+            {"subscribers": 1000, "messages": 200, "workers": 2, "history": 1000},
+            {},
+            (Metric("rate", "deliveries/s", "higher"), Metric("p99_ms", "p99 ms", "lower", "{:.1f}"),
+             Metric("cpu_us_per_delivery", "srv CPU µs/delivery", "lower", "{:.2f}")),
+            _fanout,
+            client="lean",
+        ),
     ]
 }
+
+#: Scenarios whose /broadcast is a PubSubWS: (backend, history env), and the one they compare with.
+PUBSUB = {
+    "cross-worker": ("redis", None),
+    "pubsub-memory": ("memory", None),
+    "history-memory": ("memory", "pubsub-memory"),
+    "history-cross-worker": ("redis", "cross-worker"),
+}
+REDIS_SCENARIOS = ("cross-worker", "history-cross-worker")
 
 #: (scenario, metric, bound, what): wsmiddleware under pywsgi divided by the best anchor.
 TARGETS = [
@@ -412,10 +451,15 @@ def measure(scenario: Scenario, server_id: str, quick: bool, redis_url: str | No
     env = None
     workers = params.get("workers", 1)
     cpu: int | None = 0
-    if scenario.name == "cross-worker":
-        env = {"WSM_BENCH_REDIS": redis_url or ""}
+    if scenario.name in PUBSUB:
+        backend = PUBSUB[scenario.name][0]
+        env = {"WSM_BENCH_HISTORY": str(params.get("history", 0))}
+        if backend == "redis":
+            env["WSM_BENCH_REDIS"] = redis_url or ""
+            cpu = None  # two workers and Redis need both CPUs
+        else:
+            env["WSM_BENCH_PUBSUB"] = "memory"
         load["expect_pids"] = True
-        cpu = None  # two workers and Redis need both CPUs
     started = start_server(server_id, workers=workers, env=env, cpu=cpu)
     try:
         load.update(url=f"ws://127.0.0.1:{started.port}", host="127.0.0.1", port=started.port)
@@ -555,6 +599,18 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append({"scenario": "cross-worker", "metric": "rate", "wsm": cross["median"],
                        "best_anchor": "wsm in-process fanout-1000", "best_anchor_value": local["median"],
                        "ratio": ratio, "target": ">= 0.66", "met": ratio >= 0.66})
+    for name, (_, baseline) in PUBSUB.items():
+        on = results.get(name, {}).get("servers", {})
+        off = results.get(baseline or "", {}).get("servers", {})
+        for sid in set(on) & set(off):
+            with_history = on[sid].get("metrics", {}).get("rate")
+            without = off[sid].get("metrics", {}).get("rate")
+            if with_history and without and without["median"]:
+                ratio = with_history["median"] / without["median"]
+                checks.append({"scenario": name, "metric": "rate", "wsm": with_history["median"],
+                               "best_anchor": f"{baseline} (history off, same run)",
+                               "best_anchor_value": without["median"], "ratio": ratio, "target": ">= 0.8",
+                               "met": ratio >= 0.8})
     return checks
 
 
@@ -587,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be between 1 and 20")
 
     notes: list[str] = []
-    need_redis = "cross-worker" in names and "wsm-gunicorn" in chosen
+    need_redis = any(name in names for name in REDIS_SCENARIOS) and "wsm-gunicorn" in chosen
     prepare(set(chosen), need_redis)
 
     # Each idle connection is a file descriptor on both ends (two in simple-websocket's
@@ -605,14 +661,12 @@ def main(argv: list[str] | None = None) -> int:
     if need_redis:
         from benchmarks.apps import redis_available
 
-        if not redis_available():
-            notes.append("cross-worker skipped: this wsmiddleware has no RedisPubSub/PubSubWS yet")
-            names.remove("cross-worker")
-        else:
-            redis = start_redis()
-            if redis is None:
-                notes.append("cross-worker skipped: redis-server is not installed")
-                names.remove("cross-worker")
+        redis = start_redis() if redis_available() else None
+        if redis is None:
+            for name in REDIS_SCENARIOS:
+                if name in names:
+                    notes.append(f"{name} skipped: no redis-server, or this wsmiddleware has no RedisPubSub")
+                    names.remove(name)
 
     meta = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -687,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, data in results.items():
         print_table(SCENARIOS[name], data["params"], data["servers"], repeats, data["client"])
         workers = data["servers"].get("wsm-gunicorn", {}).get("workers")
-        if name == "cross-worker":
+        if name in REDIS_SCENARIOS:
             print("(not pinned: the two workers, Redis and the load generator share every CPU)")
             if workers:
                 print(f"subscribers per worker process: {workers}")

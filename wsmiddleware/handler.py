@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import ConnectionClosed, PubSubError
+from .recovery import SINCE, SUBPROTOCOL, message_frame, recovery_frame, since_from_query
 
 if TYPE_CHECKING:  # pragma: no cover
     import webob
 
     from .connection import WebSocket
     from .pubsub.base import Message, PubSub
+    from .pubsub.history import Position, Recovery
 
 __all__ = ["WS", "PubSubWS"]
 
@@ -112,9 +114,20 @@ class PubSubWS(WS):
 
     A hook that raises closes that connection with 1011. A publish that fails
     (Redis down) goes to :meth:`publish_failed`, which logs it; the connection
-    stays open. Subclasses overriding ``on_open``/``on_close`` must call
-    ``super()``.
+    stays open. Subclasses overriding ``on_open``/``on_close`` (and
+    ``on_handshake``) must call ``super()``.
+
+    **Recovery.** A client that offers the subprotocol ``wsmiddleware.v1``
+    gets every frame as a JSON envelope carrying the message's position in the
+    channel's history, and may reconnect with ``?wsm_since=<epoch>:<offset>``
+    to get what it missed, in order, exactly once, then the live messages; or
+    an explicit "not recovered" when the gap is gone (protocol:
+    :mod:`wsmiddleware.recovery`). Messages are positioned when the backend
+    keeps history for the channel (``MemoryPubSub(history=N)``,
+    ``RedisPubSub(url, history=N)``). Other clients get plain messages.
     """
+
+    subprotocols: Sequence[str] = (SUBPROTOCOL,)
 
     def __init__(
         self,
@@ -158,12 +171,42 @@ class PubSubWS(WS):
         """A client's message could not be published; the default logs a warning."""
         logger.warning("%r: message not published: %s", websocket, error)
 
+    def on_handshake(self, request: webob.Request) -> Any:
+        try:
+            since_from_query(request.GET.get(SINCE))
+        except ValueError as exc:
+            from webob.exc import HTTPBadRequest
+
+            return HTTPBadRequest(str(exc))
+        return None
+
     def on_open(self, websocket: WebSocket) -> None:
         channel = self.channel_for(websocket)
         filtered = "before_deliver" in self.__dict__ or type(self).before_deliver is not PubSubWS.before_deliver
+        if websocket.subprotocol == SUBPROTOCOL:
+            self._resume(websocket, channel, filtered)
+            return
         subscriber: Any = _FilteredDelivery(self, websocket) if filtered else websocket
         websocket.state[_PUBSUB_STATE] = (channel, subscriber)
         self.pubsub.subscribe(channel, subscriber, pattern=False)
+
+    def _resume(self, websocket: WebSocket, channel: str, filtered: bool) -> None:
+        try:
+            since = since_from_query(websocket.request.GET.get(SINCE))
+        except ValueError as exc:  # an on_handshake override skipped the check
+            websocket.close(1008, str(exc)[:120])
+            return
+        subscriber = _Envelopes(self if filtered else None, websocket)
+        websocket.state[_PUBSUB_STATE] = (channel, subscriber)
+        try:
+            recovery = self.pubsub.resume(channel, subscriber, since)
+        except PubSubError as exc:
+            from .pubsub.history import Position, Recovery
+
+            logger.warning("%r: history of %r unavailable, not recovered: %s", websocket, channel, exc)
+            self.pubsub.subscribe(channel, subscriber, pattern=False)
+            recovery = Recovery(None if since is None else False, Position("", 0), 0)
+        subscriber.start(channel, recovery)
 
     def on_message(self, websocket: WebSocket, message: str) -> None:
         self._publish(websocket, message)
@@ -207,15 +250,79 @@ class _FilteredDelivery:
         websocket = self.websocket
         if websocket.closed:
             return
-        try:
-            vetted = self.handler.before_deliver(websocket, channel, message)
-        except Exception:
-            logger.exception("%s.before_deliver raised; closing %r with 1011", type(self.handler).__name__, websocket)
-            websocket.close(1011, "internal error")
-            return
+        vetted = _vet(self.handler, websocket, channel, message)
         if vetted is None:
             return
         try:
             websocket.write(vetted)
+        except ConnectionClosed:
+            pass
+
+
+def _vet(handler: PubSubWS, websocket: WebSocket, channel: str, message: Message) -> Message | None:
+    try:
+        return handler.before_deliver(websocket, channel, message)
+    except Exception:
+        logger.exception("%s.before_deliver raised; closing %r with 1011", type(handler).__name__, websocket)
+        websocket.close(1011, "internal error")
+        return None
+
+
+class _Envelopes:
+    """The subscriber standing for a ``wsmiddleware.v1`` client: writes JSON envelopes.
+
+    It holds what arrives until :meth:`start` has written the recovery frame:
+    ``resume`` hands over the replay and then the live messages, in order, each
+    once, before it returns with the answer that must go first; held messages
+    follow it in the order they came, and nothing can slip in between (writes
+    queue, they never switch greenlets).
+    """
+
+    positioned = True
+    __slots__ = ("handler", "websocket", "held")
+    #: (message, position, channel, envelope) of the last message encoded: one
+    #: encoding per message for all its subscribers, however many.
+    _last: tuple[Any, Any, Any, str] = (None, None, None, "")
+
+    def __init__(self, handler: PubSubWS | None, websocket: WebSocket) -> None:
+        self.handler = handler
+        self.websocket = websocket
+        self.held: list[tuple[str, Message, Position | None]] | None = []
+
+    def __repr__(self) -> str:
+        return f"<envelopes to {self.websocket!r}>"
+
+    def __call__(self, channel: str, message: Message, position: Position | None = None) -> None:
+        if self.held is not None:
+            self.held.append((channel, message, position))
+        else:
+            self._write(channel, message, position)
+
+    def start(self, channel: str, recovery: Recovery) -> None:
+        try:
+            self.websocket.write(recovery_frame(channel, recovery))
+        except ConnectionClosed:
+            pass
+        held, self.held = self.held or [], None
+        for item in held:
+            self._write(*item)
+
+    def _write(self, channel: str, message: Message, position: Position | None) -> None:
+        websocket = self.websocket
+        if websocket.closed:
+            return
+        if self.handler is not None:
+            vetted = _vet(self.handler, websocket, channel, message)
+            if vetted is None:
+                return
+            message = vetted
+        last = _Envelopes._last
+        if last[0] is message and last[1] == position and last[2] == channel:
+            envelope = last[3]
+        else:
+            envelope = message_frame(channel, message, position)
+            _Envelopes._last = (message, position, channel, envelope)
+        try:
+            websocket.write(envelope)
         except ConnectionClosed:
             pass

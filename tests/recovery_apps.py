@@ -1,0 +1,48 @@
+"""The recovery test application (pywsgi or gunicorn, one process, MemoryPubSub).
+
+``/ws/h/{room}``: history of 50 messages; ``/ws/plain/{room}``: a backend without
+history; ``/ws/vetted/{room}``: history and a ``before_deliver`` that upper-cases.
+``/publish?channel=C&count=N&start=S`` publishes ``S``..``S+N-1`` as text
+(``&binary=1``: as 2-byte big-endian binary), ``&pause=s`` between messages.
+"""
+
+from __future__ import annotations
+
+import gevent
+import webob
+
+from wsmiddleware import PubSubWS, WebSocketMiddleware
+from wsmiddleware.pubsub import MemoryPubSub
+
+history = MemoryPubSub(history=50)
+plain = MemoryPubSub()
+
+
+def upper(websocket, channel, message):
+    return message.upper() if isinstance(message, str) else message
+
+
+def wsgi_app(environ, start_response):
+    request = webob.Request(environ)
+    if request.path == "/publish":
+        backend = plain if request.GET.get("plain") else history
+        channel = request.GET["channel"]
+        start = int(request.GET.get("start", 1))
+        count = int(request.GET.get("count", 1))
+        pause = float(request.GET.get("pause", 0))
+        for i in range(start, start + count):
+            backend.publish(channel, i.to_bytes(2, "big") if request.GET.get("binary") else f"m{i}")
+            if pause:
+                gevent.sleep(pause)
+        response = webob.Response(f"published {count}\n", content_type="text/plain")
+    else:
+        response = webob.Response("not found\n", status=404, content_type="text/plain")
+    return response(environ, start_response)
+
+
+application = WebSocketMiddleware(wsgi_app, {
+    "/ws/h/{room}": PubSubWS(history, channel="h:{room}"),
+    "/ws/plain/{room}": PubSubWS(plain, channel="p:{room}"),
+    "/ws/vetted/{room}": PubSubWS(history, channel="v:{room}", before_deliver=upper),
+    "/ws/quiet/{room}": PubSubWS(history, channel="h:{room}", echo=False),
+})
