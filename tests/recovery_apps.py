@@ -4,6 +4,8 @@
 history; ``/ws/vetted/{room}``: history and a ``before_deliver`` that upper-cases.
 ``/publish?channel=C&count=N&start=S`` publishes ``S``..``S+N-1`` as text
 (``&binary=1``: as 2-byte big-endian binary), ``&pause=s`` between messages.
+``/drop?code=N`` closes every open ``/ws/h`` connection with code N (the server
+stays up: a forced reconnect); ``/count`` says how many are open.
 """
 
 from __future__ import annotations
@@ -18,12 +20,32 @@ history = MemoryPubSub(history=50)
 plain = MemoryPubSub()
 
 
+OPEN: set = set()
+
+
+class Tracked(PubSubWS):
+    def on_open(self, websocket):
+        OPEN.add(websocket)
+        super().on_open(websocket)
+
+    def on_close(self, websocket):
+        OPEN.discard(websocket)
+        super().on_close(websocket)
+
+
 def upper(websocket, channel, message):
     return message.upper() if isinstance(message, str) else message
 
 
 def wsgi_app(environ, start_response):
     request = webob.Request(environ)
+    if request.path == "/drop":
+        code = int(request.GET.get("code", 1012))
+        for websocket in list(OPEN):
+            websocket.close(code, "dropped by the test")
+        return webob.Response(f"dropped {len(OPEN)}\n")(environ, start_response)
+    if request.path == "/count":
+        return webob.Response(f"{len(OPEN)}\n")(environ, start_response)
     if request.path == "/publish":
         backend = plain if request.GET.get("plain") else history
         channel = request.GET["channel"]
@@ -41,7 +63,7 @@ def wsgi_app(environ, start_response):
 
 
 application = WebSocketMiddleware(wsgi_app, {
-    "/ws/h/{room}": PubSubWS(history, channel="h:{room}"),
+    "/ws/h/{room}": Tracked(history, channel="h:{room}"),
     "/ws/plain/{room}": PubSubWS(plain, channel="p:{room}"),
     "/ws/vetted/{room}": PubSubWS(history, channel="v:{room}", before_deliver=upper),
     "/ws/quiet/{room}": PubSubWS(history, channel="h:{room}", echo=False),

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl as _ssl
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal, NoReturn
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 import gevent
 import gevent.queue
@@ -30,176 +30,24 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from ._client_connection import ClientConnection, _Inbox
 from ._frames import protocol_logger
-from .connection import PingWaiter, WebSocket
+from .connection import WebSocket
 from .exceptions import ConnectionClosed, ConnectionRejected, ConnectionTimeout
 from .handler import WS
 from .options import Options
 from .transport import RECV_SIZE
 from .transport._takeover import transport_for
 
-__all__ = ["connect", "ClientConnection", "ClientProtocol"]
+if TYPE_CHECKING:  # pragma: no cover
+    from ._reconnect import ReconnectingConnection
+
+__all__ = ["connect", "ClientConnection", "ClientProtocol", "ReconnectingConnection"]
 
 logger = logging.getLogger("wsmiddleware.client")
 
 #: Largest HTTP response head accepted during the opening handshake.
 MAX_RESPONSE_HEAD = 64 * 1024
-
-
-class _Inbox(WS):
-    """The handler of a connection opened without one: queues what arrives."""
-
-    def __init__(self, max_queue: int | None) -> None:
-        self.queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=max_queue)
-        self.discarding = False
-
-    def on_message(self, websocket: WebSocket, message: str) -> None:
-        if not self.discarding:
-            # A full queue blocks the read loop: TCP back-pressure on the sender.
-            self.queue.put(message)
-
-    on_bytes = on_message  # type: ignore[assignment]
-
-    def on_close(self, websocket: WebSocket) -> None:
-        # Wake a receiver blocked on an empty queue; a full one wakes it anyway.
-        try:
-            self.queue.put_nowait(_CLOSED)
-        except gevent.queue.Full:
-            pass
-
-    def discard(self) -> None:
-        """Drop what is queued so that a read loop blocked on a full queue can end."""
-        self.discarding = True
-        while True:
-            try:
-                self.queue.get_nowait()
-            except gevent.queue.Empty:
-                return
-
-
-_CLOSED = object()
-
-
-class ClientConnection:
-    """An open client connection, returned by :func:`connect`.
-
-    ``websocket`` is the engine's :class:`~wsmiddleware.WebSocket` (the object a
-    handler's callbacks receive); the common parts of its API are repeated here.
-    Use as a context manager to close the connection on the way out.
-    """
-
-    def __init__(self, websocket: WebSocket, response: Response, inbox: _Inbox | None) -> None:
-        self.websocket = websocket
-        #: The server's ``101`` answer (``status_code``, ``headers``).
-        self.response = response
-        self._inbox = inbox
-        self._greenlet: gevent.Greenlet = gevent.spawn(websocket.run)
-
-    def __repr__(self) -> str:
-        return f"<ClientConnection {self.websocket!r}>"
-
-    # -- the websocket's API ----------------------------------------------------
-
-    def write(self, message: str | bytes | bytearray | memoryview) -> None:
-        """Send a text (``str``) or binary message; raises ConnectionClosed once closed."""
-        self.websocket.write(message)
-
-    send = write
-
-    def ping(self, payload: bytes | str | None = None) -> PingWaiter:
-        """Send a ping; ``.wait()`` on the result gives the round trip in seconds."""
-        return self.websocket.ping(payload)
-
-    def pong(self, payload: bytes | str = b"") -> None:
-        """Send an unsolicited pong (a one-way heartbeat)."""
-        self.websocket.pong(payload)
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake and return; see :meth:`wait_closed`."""
-        self.websocket.close(code, reason)
-
-    @property
-    def closed(self) -> bool:
-        """True once the closing handshake started or the connection ended."""
-        return self.websocket.closed
-
-    @property
-    def close_code(self) -> int | None:
-        return self.websocket.close_code
-
-    @property
-    def close_reason(self) -> str | None:
-        return self.websocket.close_reason
-
-    @property
-    def subprotocol(self) -> str | None:
-        """The subprotocol the server picked, or ``None``."""
-        return self.websocket.subprotocol
-
-    @property
-    def state(self) -> dict[str, Any]:
-        """Per-connection data, as on the server side."""
-        return self.websocket.state
-
-    @property
-    def response_headers(self) -> list[tuple[str, str]]:
-        """The headers of the server's ``101`` answer."""
-        return list(self.response.headers.raw_items())
-
-    # -- waiting ----------------------------------------------------------------
-
-    def receive(self, timeout: float | None = None) -> str | bytes:
-        """The next message: ``str`` for text, ``bytes`` for binary.
-
-        Raises :class:`ConnectionTimeout` after ``timeout`` seconds and
-        :class:`ConnectionClosed` (with the close code) once the connection is
-        closed and every message that arrived before has been received.
-        """
-        inbox = self._inbox
-        if inbox is None:
-            raise TypeError("receive() is for connections opened without a handler; the handler gets the messages")
-        if self._greenlet.dead and inbox.queue.empty():
-            raise self._closed_error()
-        try:
-            item = inbox.queue.get(timeout=timeout)
-        except gevent.queue.Empty:
-            raise ConnectionTimeout(f"no message within {timeout} s") from None
-        if item is _CLOSED:
-            # Leave the marker for the next caller: closed stays closed.
-            inbox.queue.put_nowait(_CLOSED)
-            raise self._closed_error()
-        return item
-
-    recv = receive
-
-    def __iter__(self) -> Iterator[str | bytes]:
-        """Messages until the connection closes; a close other than 1000/1001 raises."""
-        while True:
-            try:
-                yield self.receive()
-            except ConnectionClosed as exc:
-                if exc.code in (1000, 1001):
-                    return
-                raise
-
-    def wait_closed(self, timeout: float | None = None) -> bool:
-        """Block until the connection has ended (``on_close`` ran); False on timeout."""
-        self._greenlet.join(timeout=timeout)
-        return self._greenlet.dead
-
-    def _closed_error(self) -> ConnectionClosed:
-        return ConnectionClosed(self.close_code or 1006, self.close_reason or "")
-
-    def __enter__(self) -> ClientConnection:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-        if self._inbox is not None:
-            self._inbox.discard()
-        if not self.wait_closed(self.websocket.options.close_timeout + 1.0):
-            # The close timer aborts the TCP connection; this only guards a stuck callback.
-            self._greenlet.kill(block=True, timeout=1.0)
 
 
 def _extensions(compression: str | None) -> list[ClientPerMessageDeflateFactory] | None:
@@ -272,7 +120,85 @@ def _read_response(sock: Any, protocol: ClientProtocol) -> tuple[Response | None
             return None, b""
 
 
-def connect(
+@overload
+def connect(url: str, handler: WS | type[WS] | None = None, *, reconnect: Literal[False] = False,
+            **options: Any) -> ClientConnection: ...
+
+
+@overload
+def connect(url: str, handler: None = None, *, reconnect: Literal[True], **options: Any) -> ReconnectingConnection: ...
+
+
+def connect(  # type: ignore[misc]
+    url: str,
+    handler: WS | type[WS] | None = None,
+    *,
+    reconnect: bool = False,
+    reconnect_delay: float = 0.1,
+    max_reconnect_delay: float = 10.0,
+    subprotocols: Sequence[str] | None = None,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    origin: str | None = None,
+    compression: Literal["deflate"] | None = "deflate",
+    open_timeout: float | None = 10.0,
+    close_timeout: float = 5.0,
+    max_message_size: int | None = 2**20,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = 20.0,
+    send_queue_limit: int = 4 * 2**20,
+    max_queue: int | None = 64,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> ClientConnection | ReconnectingConnection:
+    """Open a WebSocket connection to ``url`` (``ws://`` or ``wss://``).
+
+    With a ``handler`` (a :class:`WS` instance, or a subclass to instantiate),
+    its callbacks run in the connection's read greenlet exactly as on the server.
+    Without one, read messages with :meth:`ClientConnection.receive` or by
+    iterating. ``max_queue`` bounds the messages held for ``receive``; beyond it
+    reading pauses, which slows the server down instead of growing memory.
+
+    ``ssl`` is an ``ssl.SSLContext`` for ``wss://`` (default: the system's
+    trusted CAs). ``open_timeout`` covers TCP connect, TLS and the handshake.
+    Raises :class:`ConnectionRejected` for any answer but a valid ``101``,
+    :class:`ConnectionTimeout` when ``open_timeout`` passes, ``OSError`` when the
+    server cannot be reached.
+
+    ``reconnect=True`` (without a handler) returns a
+    :class:`~wsmiddleware._reconnect.ReconnectingConnection`: when the
+    connection is lost it reconnects with capped exponential backoff and jitter
+    (``reconnect_delay`` doubling up to ``max_reconnect_delay`` seconds), and,
+    on ``PubSubWS`` routes with history, resumes after the last message
+    received (``connection.recovered`` says whether it got all it missed).
+    The first connection's failure raises as above.
+    """
+    options = dict(
+        subprotocols=subprotocols, headers=headers, origin=origin, compression=compression,
+        open_timeout=open_timeout, close_timeout=close_timeout, max_message_size=max_message_size,
+        ping_interval=ping_interval, ping_timeout=ping_timeout, send_queue_limit=send_queue_limit,
+        max_queue=max_queue, ssl=ssl, server_hostname=server_hostname,
+    )
+    if not reconnect:
+        return _connect_once(url, handler, **options)  # type: ignore[arg-type]
+    if handler is not None:
+        raise ValueError("reconnect=True reads with receive(): it takes no handler")
+    from ._reconnect import ReconnectingConnection
+    from .recovery import SUBPROTOCOL
+
+    offered = list(subprotocols or ())
+    if SUBPROTOCOL not in offered:
+        offered.append(SUBPROTOCOL)
+    options["subprotocols"] = offered
+
+    def open_one(target: str) -> ClientConnection:
+        return _connect_once(target, None, **options)  # type: ignore[arg-type]
+
+    return ReconnectingConnection(url, open_one, reconnect_delay=reconnect_delay,
+                                  max_reconnect_delay=max_reconnect_delay,
+                                  write_timeout=open_timeout or 10.0, max_queue=max_queue)
+
+
+def _connect_once(
     url: str,
     handler: WS | type[WS] | None = None,
     *,
@@ -290,20 +216,7 @@ def connect(
     ssl: _ssl.SSLContext | None = None,
     server_hostname: str | None = None,
 ) -> ClientConnection:
-    """Open a WebSocket connection to ``url`` (``ws://`` or ``wss://``).
-
-    With a ``handler`` (a :class:`WS` instance, or a subclass to instantiate),
-    its callbacks run in the connection's read greenlet exactly as on the server.
-    Without one, read messages with :meth:`ClientConnection.receive` or by
-    iterating. ``max_queue`` bounds the messages held for ``receive``; beyond it
-    reading pauses, which slows the server down instead of growing memory.
-
-    ``ssl`` is an ``ssl.SSLContext`` for ``wss://`` (default: the system's
-    trusted CAs). ``open_timeout`` covers TCP connect, TLS and the handshake.
-    Raises :class:`ConnectionRejected` for any answer but a valid ``101``,
-    :class:`ConnectionTimeout` when ``open_timeout`` passes, ``OSError`` when the
-    server cannot be reached.
-    """
+    """One connection (see :func:`connect`)."""
     try:
         uri = parse_uri(url)
     except InvalidURI as exc:
