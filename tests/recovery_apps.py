@@ -5,7 +5,8 @@ history; ``/ws/vetted/{room}``: history and a ``before_deliver`` that upper-case
 ``/publish?channel=C&count=N&start=S`` publishes ``S``..``S+N-1`` as text
 (``&binary=1``: as 2-byte big-endian binary), ``&pause=s`` between messages.
 ``/drop?code=N`` closes every open ``/ws/h`` connection with code N (the server
-stays up: a forced reconnect); ``/count`` says how many are open.
+stays up: a forced reconnect); ``/count`` says how many are open;
+``/gate?status=N`` makes ``/ws/h`` handshakes answer N (``status=0``: accept again).
 """
 
 from __future__ import annotations
@@ -21,9 +22,15 @@ plain = MemoryPubSub()
 
 
 OPEN: set = set()
+GATE = {"status": 0}
 
 
 class Tracked(PubSubWS):
+    def on_handshake(self, request):
+        if GATE["status"]:
+            return webob.Response(f"gated with {GATE['status']}\n", status=GATE["status"])
+        return super().on_handshake(request)
+
     def on_open(self, websocket):
         OPEN.add(websocket)
         super().on_open(websocket)
@@ -44,6 +51,9 @@ def wsgi_app(environ, start_response):
         for websocket in list(OPEN):
             websocket.close(code, "dropped by the test")
         return webob.Response(f"dropped {len(OPEN)}\n")(environ, start_response)
+    if request.path == "/gate":
+        GATE["status"] = int(request.GET["status"])
+        return webob.Response("ok\n")(environ, start_response)
     if request.path == "/count":
         return webob.Response(f"{len(OPEN)}\n")(environ, start_response)
     if request.path == "/publish":

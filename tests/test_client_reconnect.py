@@ -12,8 +12,6 @@ import gevent
 import pytest
 
 from wsmiddleware import ConnectionClosed, ConnectionRejected, connect
-from wsmiddleware._reconnect import backoff, with_since
-from wsmiddleware.pubsub import Position
 
 from .support import PYTHON, ServerProcess, free_port, start_server
 
@@ -140,16 +138,50 @@ def test_the_first_connection_failure_raises_as_without_reconnect(server):
         connect(f"{server.url}/ws/h/x", handler=object(), reconnect=True)  # type: ignore[call-overload]
 
 
-def test_backoff_grows_to_its_cap_with_jitter():
-    low = [backoff(n, 0.1, 10.0, rand=lambda: 0.0) for n in range(10)]
-    high = [backoff(n, 0.1, 10.0, rand=lambda: 1.0) for n in range(10)]
-    assert high[:4] == pytest.approx([0.1, 0.2, 0.4, 0.8])
-    assert low[:2] == pytest.approx([0.05, 0.1])
-    assert max(high) == 10.0 and high[-1] == 10.0 and low[-1] == 5.0
-    assert backoff(10_000, 0.1, 10.0) <= 10.0
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        gevent.sleep(0.02)
+    return predicate()
 
 
-def test_with_since_sets_replaces_and_removes_the_position():
-    assert with_since("ws://h/p?a=1", Position("e", 3)) == "ws://h/p?a=1&wsm_since=e%3A3"
-    assert with_since("ws://h/p?wsm_since=e%3A1&a=1", Position("e", 9)) == "ws://h/p?a=1&wsm_since=e%3A9"
-    assert with_since("ws://h/p?wsm_since=e%3A1", None) == "ws://h/p"
+def test_a_5xx_reconnect_is_retried_and_a_4xx_one_is_final(server):
+    with connect(f"{server.url}/ws/h/gate", reconnect=True, reconnect_delay=0.05, max_reconnect_delay=0.1) as ws:
+        try:
+            get(server, "/gate", status=503)
+            get(server, "/drop", code=1012)
+            assert wait_for(lambda: not ws.connected, 5)
+            gevent.sleep(0.6)  # several attempts answered 503
+            assert not ws.connected and not ws.closed and ws.reconnects == 0
+            get(server, "/gate", status=0)
+            assert wait_for(lambda: ws.connected, 5) and ws.reconnects == 1
+            get(server, "/publish", channel="h:gate", count=1)
+            assert ws.receive(timeout=10) == "m1"  # published before or after its on_open: resumed either way
+            get(server, "/gate", status=403)
+            get(server, "/drop", code=1012)
+            with pytest.raises(ConnectionClosed) as caught:
+                ws.receive(timeout=5)
+            assert caught.value.code == 1008 and "403" in caught.value.reason
+            assert ws.closed and ws.wait_closed(2) and ws.reconnects == 1
+        finally:
+            get(server, "/gate", status=0)
+
+
+def test_close_while_reconnecting_ends_at_once(server):
+    """close() cuts a backoff short (here 2.5-5 s) and nothing reconnects after it."""
+    ws = connect(f"{server.url}/ws/h/closing", reconnect=True, reconnect_delay=5.0, max_reconnect_delay=5.0)
+    get(server, "/drop", code=1012)
+    assert wait_for(lambda: not ws.connected, 5)
+    ws.close()
+    assert ws.wait_closed(1.0)
+    with pytest.raises(ConnectionClosed):
+        ws.receive(timeout=1)
+    assert ws.reconnects == 0 and get(server, "/count").strip() == "0"
+
+
+def test_exit_with_unread_messages_does_not_hang(server):
+    with connect(f"{server.url}/ws/h/unread", reconnect=True, max_queue=2) as ws:
+        get(server, "/publish", channel="h:unread", count=20)
+        assert wait_for(lambda: ws._queue.full(), 5)
+        started = time.monotonic()
+    assert ws.wait_closed(0.1) and time.monotonic() - started < 1.5

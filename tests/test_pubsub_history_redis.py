@@ -26,9 +26,9 @@ PUBLISHER = textwrap.dedent("""
     pubsub = RedisPubSub(url, history=100000, socket_timeout=1.0, socket_connect_timeout=0.5)
     deadline = time.monotonic() + 60
     for i in range(1, count + 1):
-        while True:  # a refused connection never reached Redis: sending again is safe
+        while True:  # the message id makes sending again safe
             try:
-                pubsub.publish(channel, f"{name}:{i}")
+                pubsub.publish(channel, f"{name}:{i}", message_id=f"{name}:{i}")
                 break
             except PubSubError:
                 if time.monotonic() > deadline:
@@ -211,3 +211,18 @@ def test_history_read_errors_are_pubsub_errors(make):
         pubsub.publish("nowhere", "x")
     assert pubsub.history_size("nowhere") == 5
     assert Position.parse("e:1").offset == 1
+
+
+def test_a_message_id_makes_a_retried_publish_harmless(redis_server, make):
+    redis_server.cli("FLUSHALL")
+    pubsub = make(redis_server.url, history=10)
+    sub = Positioned()
+    pubsub.subscribe("retry", sub)
+    assert pubsub.publish("retry", "once", message_id="abc") == 1
+    assert pubsub.publish("retry", "once", message_id="abc") == 0
+    assert pubsub.publish("retry", "twice") == 1
+    assert wait_for(lambda: len(sub.got) == 2, 5)
+    gevent.sleep(0.1)
+    assert sub.messages() == ["once", "twice"] and sub.offsets() == [1, 2]
+    with pytest.raises(ValueError):
+        make(redis_server.url).publish("no-history", "x", message_id="1")

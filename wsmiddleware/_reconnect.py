@@ -84,7 +84,9 @@ class ReconnectingConnection:
         self.reconnects = 0
         self._queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=max_queue)
         self._up = gevent.event.Event()
+        self._stop = gevent.event.Event()  # set by close(): cuts a backoff short
         self._user_closed = False
+        self._discarding = False
         self._final: ConnectionClosed | None = None
         self._current: Any = self._open(url)  # the first failure is the caller's, as with connect()
         self._up.set()
@@ -110,11 +112,17 @@ class ReconnectingConnection:
             connection = self._reconnect()
             if connection is None:
                 break
+            if self._user_closed:  # close() came while this one was opening
+                connection.close()
+                break
             self._current = connection
             self.reconnects += 1
             self._up.set()
             reconnecting = True
-        self._queue.put(_CLOSED)
+        try:
+            self._queue.put_nowait(_CLOSED)  # wakes a receiver waiting on an empty queue
+        except gevent.queue.Full:
+            pass  # receive() sees the runner dead once the queue is empty
 
     def _pump(self, connection: Any, reconnecting: bool) -> ConnectionClosed:
         """Move messages from one connection to the queue, unwrapped; return how it ended."""
@@ -141,15 +149,15 @@ class ReconnectingConnection:
                     if frame["position"] is not None:
                         self.position = frame["position"]
                     continue
-            self._queue.put(item)
+            if not self._discarding:
+                self._queue.put(item)  # full: reading pauses, TCP back-pressure on the server
 
     def _reconnect(self) -> Any:
         attempt = 0
         while not self._user_closed:
-            gevent.sleep(backoff(attempt, self.reconnect_delay, self.max_reconnect_delay))
-            attempt += 1
-            if self._user_closed:
+            if self._stop.wait(backoff(attempt, self.reconnect_delay, self.max_reconnect_delay)):
                 return None
+            attempt += 1
             try:
                 return self._open(with_since(self.url, self.position))
             except ConnectionRejected as exc:
@@ -167,6 +175,8 @@ class ReconnectingConnection:
     def receive(self, timeout: float | None = None) -> str | bytes:
         """The next message (across reconnects); ``ConnectionTimeout`` after ``timeout``,
         ``ConnectionClosed`` once closed for good and everything before was received."""
+        if self._runner.dead and self._queue.empty():
+            raise self._closed_error()
         try:
             item = self._queue.get(timeout=timeout)
         except gevent.queue.Empty:
@@ -208,6 +218,7 @@ class ReconnectingConnection:
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close for good: no reconnect after this."""
         self._user_closed = True
+        self._stop.set()
         self._current.close(code, reason)
 
     def wait_closed(self, timeout: float | None = None) -> bool:
@@ -242,6 +253,12 @@ class ReconnectingConnection:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+        self._discarding = True  # what nobody will receive must not hold the runner up
+        while True:
+            try:
+                self._queue.get_nowait()
+            except gevent.queue.Empty:
+                break
         self._current.__exit__(*exc_info)
         if not self.wait_closed(2.0):
             self._runner.kill(block=True, timeout=1.0)

@@ -17,7 +17,7 @@ import logging
 import socket
 import ssl as _ssl
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
+from typing import Any, Literal, NoReturn, overload
 
 import gevent
 import gevent.queue
@@ -32,15 +32,13 @@ from websockets.uri import parse_uri
 
 from ._client_connection import ClientConnection, _Inbox
 from ._frames import protocol_logger
+from ._reconnect import ReconnectingConnection
 from .connection import WebSocket
 from .exceptions import ConnectionClosed, ConnectionRejected, ConnectionTimeout
 from .handler import WS
 from .options import Options
 from .transport import RECV_SIZE
 from .transport._takeover import transport_for
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ._reconnect import ReconnectingConnection
 
 __all__ = ["connect", "ClientConnection", "ClientProtocol", "ReconnectingConnection"]
 
@@ -182,7 +180,6 @@ def connect(  # type: ignore[misc]
         return _connect_once(url, handler, **options)  # type: ignore[arg-type]
     if handler is not None:
         raise ValueError("reconnect=True reads with receive(): it takes no handler")
-    from ._reconnect import ReconnectingConnection
     from .recovery import SUBPROTOCOL
 
     offered = list(subprotocols or ())

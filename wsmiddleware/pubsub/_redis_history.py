@@ -28,8 +28,15 @@ from .history import History, Position, new_epoch
 
 __all__ = ["Keys", "publish", "read", "entries_after"]
 
-#: KEYS: stream, meta. ARGV: channel, payload, maxlen, candidate epoch, ttl (0: none).
+#: KEYS: stream, meta, message id key (or the meta again: no id). ARGV: channel, payload,
+#: maxlen, candidate epoch, ttl (0: none), "1" if KEYS[3] is a message id, its expiry.
 _PUBLISH = r"""
+if ARGV[6] == '1' then
+  local first = redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[7])
+  if not first then
+    return {-1, '', 0}
+  end
+end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
   epoch = ARGV[4]
@@ -105,11 +112,22 @@ class Scripts:
 # -- the I/O side: each runs through ProcessState.io ---------------------------------
 
 
+#: How long a message id is remembered (seconds): retries come within it.
+MESSAGE_ID_TTL = 3600
+
+
 def publish(scripts: Scripts, client: Any, keys: list[bytes], channel: bytes, payload: bytes, size: int,
-            ttl: float | None) -> tuple[int, Position]:
-    """Append and publish in one script; ``(receivers, position)``."""
+            ttl: float | None, message_id: bytes | None = None) -> tuple[int, Position | None]:
+    """Append and publish in one script; ``(receivers, position)``; ``(-1, None)``
+    when ``message_id`` was published already."""
+    if message_id is None:
+        keys, flag = [*keys, keys[1]], "0"
+    else:
+        keys, flag = [*keys, keys[1][: -len(b"meta")] + b"id:" + message_id], "1"
     receivers, epoch, offset = scripts.publish(
-        keys=keys, args=[channel, payload, size, new_epoch(), _seconds(ttl)], client=client)
+        keys=keys, args=[channel, payload, size, new_epoch(), _seconds(ttl), flag, MESSAGE_ID_TTL], client=client)
+    if int(receivers) < 0:
+        return -1, None
     return int(receivers), Position(_text(epoch), int(offset))
 
 

@@ -191,21 +191,32 @@ class RedisPubSub(Reader, PubSub):
                 local.positions.pop(key[1], None)
             self._sync(local, key)
 
-    def publish(self, channel: str, message: Message, *, sender: Subscriber | None = None) -> int:
-        """Publish through Redis; see the class docstring for the return value."""
+    def publish(self, channel: str, message: Message, *, sender: Subscriber | None = None,
+                message_id: str | None = None) -> int:
+        """Publish through Redis; see the class docstring for the return value.
+
+        ``message_id`` (channels with history only) makes retrying safe: a
+        publish that raised :class:`PubSubError` may still have reached Redis
+        (a timeout, a connection lost before the answer), and publishing again
+        with the same id within an hour does nothing (and returns 0).
+        """
         self._key(channel, False)
         message = check_message(message)
         self._check_open()
         local = self._local()
         data = encode_message(message, self._origin(local, sender))
         size = self._sizes.of(channel) if self._sizes else 0
+        if message_id is not None and not size:
+            raise ValueError(f"message_id needs history on the channel, and {channel!r} has none")
         if not local.publishers.acquire(timeout=self._options.get("socket_timeout") or 3.0):
             raise PubSubError(f"cannot publish to {channel!r}: every connection to Redis at {self._where} is busy")
         try:
             wire = channel.encode("utf-8", "surrogateescape")
             if size:
-                receivers: int = local.io(stream.publish, self._scripts(local), local.client, self._keys.of(channel),
-                                          wire, data, size, self.history_ttl)[0]
+                receivers: int = max(0, local.io(
+                    stream.publish, self._scripts(local), local.client, self._keys.of(channel), wire, data, size,
+                    self.history_ttl, None if message_id is None else message_id.encode("utf-8", "surrogateescape"),
+                )[0])
             else:
                 receivers = local.io(io.publish, local, wire, data)
         except (redis.RedisError, OSError) as exc:
