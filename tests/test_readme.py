@@ -8,6 +8,7 @@ Snippets that talk to ``127.0.0.1:8000`` get the echo example on a free port ins
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_readme_has_snippets():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_snippet_runs(index, tmp_path, echo_example):
-    code = BLOCKS[index].replace("127.0.0.1:8000", f"127.0.0.1:{echo_example.port}")
+    code = textwrap.dedent(BLOCKS[index]).replace("127.0.0.1:8000", f"127.0.0.1:{echo_example.port}")
     path = tmp_path / f"snippet_{index}.py"
     path.write_text(code)
     result = subprocess.run([sys.executable, "-c", RUNNER, str(path)], cwd=str(ROOT), capture_output=True,
