@@ -1,7 +1,9 @@
 """The recovery test application (pywsgi or gunicorn, one process, MemoryPubSub).
 
 ``/ws/h/{room}``: history of 50 messages; ``/ws/plain/{room}``: a backend without
-history; ``/ws/vetted/{room}``: history and a ``before_deliver`` that upper-cases.
+history; ``/ws/vetted/{room}``: history and a ``before_deliver`` that upper-cases;
+``/ws/own/{room}``: an ``on_handshake`` override without ``super()``;
+``/ws/chat/{room}``: a subclass with its own ``subprotocols``.
 ``/publish?channel=C&count=N&start=S`` publishes ``S``..``S+N-1`` as text
 (``&binary=1``: as 2-byte big-endian binary), ``&pause=s`` between messages.
 ``/drop?code=N`` closes every open ``/ws/h`` connection with code N (the server
@@ -38,6 +40,17 @@ class Tracked(PubSubWS):
     def on_close(self, websocket):
         OPEN.discard(websocket)
         super().on_close(websocket)
+
+
+class OwnHandshake(PubSubWS):
+    """Overrides on_handshake without super(): the wsm_since check moves to on_open."""
+
+    def on_handshake(self, request):
+        return None
+
+
+class OwnSubprotocol(PubSubWS):
+    subprotocols = ("chat",)
 
 
 def upper(websocket, channel, message):
@@ -77,4 +90,6 @@ application = WebSocketMiddleware(wsgi_app, {
     "/ws/plain/{room}": PubSubWS(plain, channel="p:{room}"),
     "/ws/vetted/{room}": PubSubWS(history, channel="v:{room}", before_deliver=upper),
     "/ws/quiet/{room}": PubSubWS(history, channel="h:{room}", echo=False),
+    "/ws/own/{room}": OwnHandshake(history, channel="h:{room}"),
+    "/ws/chat/{room}": OwnSubprotocol(history, channel="h:{room}"),
 })

@@ -154,3 +154,20 @@ def test_a_malformed_position_is_refused_with_400(server, since):
         connect(f"{server.url}/ws/h/bad?wsm_since={urllib.parse.quote(since)}", subprotocols=[V1], open_timeout=10)
     assert caught.value.response.status_code == 400
     assert b"history position" in caught.value.response.body
+
+
+def test_an_on_handshake_override_still_refuses_a_malformed_position(server):
+    from websockets.exceptions import ConnectionClosed
+
+    with connect(f"{server.url}/ws/own/o?wsm_since=nonsense", subprotocols=[V1], open_timeout=10) as ws:
+        with pytest.raises(ConnectionClosed) as caught:
+            ws.recv(timeout=10)
+    assert caught.value.rcvd is not None and caught.value.rcvd.code == 1008
+    assert "history position" in caught.value.rcvd.reason
+
+
+def test_a_subclass_with_its_own_subprotocols_keeps_them(server):
+    with connect(f"{server.url}/ws/chat/own", subprotocols=[V1, "chat"], open_timeout=10) as ws:
+        assert ws.subprotocol == "chat"
+        publish(server, "h:own", 1)
+        assert ws.recv(timeout=10) == "m1"

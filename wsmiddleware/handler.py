@@ -125,6 +125,11 @@ class PubSubWS(WS):
     :mod:`wsmiddleware.recovery`). Messages are positioned when the backend
     keeps history for the channel (``MemoryPubSub(history=N)``,
     ``RedisPubSub(url, history=N)``). Other clients get plain messages.
+    ``before_deliver`` and ``echo=False`` apply to envelopes too. A subclass
+    with its own ``subprotocols`` speaks only those (add ``SUBPROTOCOL`` to
+    keep recovery); one whose ``on_handshake`` does not call ``super()``
+    skips the 400 for a malformed ``wsm_since``: such a connection is closed
+    with 1008 as it opens instead.
     """
 
     subprotocols: Sequence[str] = (SUBPROTOCOL,)
