@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
@@ -14,7 +14,18 @@ from .connection import PingWaiter, WebSocket
 from .exceptions import ConnectionClosed, ConnectionTimeout
 from .handler import WS
 
-__all__ = ["ClientConnection"]
+__all__ = ["ClientConnection", "until_closed"]
+
+
+def until_closed(receive: Callable[[], str | bytes]) -> Iterator[str | bytes]:
+    """What ``receive()`` gives until a close; a close other than 1000/1001 raises."""
+    while True:
+        try:
+            yield receive()
+        except ConnectionClosed as exc:
+            if exc.code in (1000, 1001):
+                return
+            raise
 
 
 class _Inbox(WS):
@@ -145,13 +156,7 @@ class ClientConnection:
 
     def __iter__(self) -> Iterator[str | bytes]:
         """Messages until the connection closes; a close other than 1000/1001 raises."""
-        while True:
-            try:
-                yield self.receive()
-            except ConnectionClosed as exc:
-                if exc.code in (1000, 1001):
-                    return
-                raise
+        return until_closed(self.receive)
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the connection has ended (``on_close`` ran); False on timeout."""

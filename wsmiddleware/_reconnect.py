@@ -26,6 +26,7 @@ import gevent
 import gevent.event
 import gevent.queue
 
+from ._client_connection import until_closed
 from .exceptions import ConnectionClosed, ConnectionRejected, ConnectionTimeout
 from .pubsub.history import Position
 from .recovery import SINCE, SUBPROTOCOL, parse_frame
@@ -190,13 +191,7 @@ class ReconnectingConnection:
 
     def __iter__(self) -> Iterator[str | bytes]:
         """Messages until closed for good; an ending other than 1000/1001 raises."""
-        while True:
-            try:
-                yield self.receive()
-            except ConnectionClosed as exc:
-                if exc.code in (1000, 1001):
-                    return
-                raise
+        return until_closed(self.receive)
 
     def write(self, message: str | bytes | bytearray | memoryview) -> None:
         """Send a message, waiting up to ``write_timeout`` for a connection."""
