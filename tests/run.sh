@@ -27,7 +27,10 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
+rm -f .venv/.wsm-installed
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# Tells a compatibility job waiting for .venv (the libuv run of .ci/run) that it is whole.
+touch .venv/.wsm-installed
 
 exec .venv/bin/python -m pytest "$@"
