@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._presence_ws import close_presence, open_presence
 from .exceptions import ConnectionClosed, PubSubError
 from .recovery import SINCE, SUBPROTOCOL, message_frame, recovery_frame, since_from_query
 
@@ -130,6 +131,18 @@ class PubSubWS(WS):
     keep recovery); one whose ``on_handshake`` does not call ``super()``
     skips the 400 for a malformed ``wsm_since``: such a connection is closed
     with 1008 as it opens instead.
+
+    **Presence.** ``presence=True``: every connection is a member of its
+    channel while it is open (``pubsub.presence(channel)`` lists them, across
+    processes with Redis), under a member id made per connection (uuid4 hex,
+    in ``websocket.state["wsmiddleware.member"]``; an ``on_handshake`` may put
+    its own there, which must then be unique per connection) with the info
+    :meth:`presence_info` returns (or the ``presence_info(websocket)``
+    argument). ``presence_events=True``: joins and leaves of this route's
+    connections are announced on ``presence_channel(channel)`` and every
+    connection gets them as text messages (format:
+    :mod:`wsmiddleware.pubsub.presence`), its own join first, which tells the
+    client its member id; without ``presence`` a connection only watches.
     """
 
     subprotocols: Sequence[str] = (SUBPROTOCOL,)
@@ -142,10 +155,17 @@ class PubSubWS(WS):
         echo: bool = True,
         before_publish: Callable[[WebSocket, str, Message], Message | None] | None = None,
         before_deliver: Callable[[WebSocket, str, Message], Message | None] | None = None,
+        presence: bool = False,
+        presence_events: bool = False,
+        presence_info: Callable[[WebSocket], Any] | None = None,
     ) -> None:
         self.pubsub = pubsub
         self.channel = channel
         self.echo = echo
+        self.presence = presence
+        self.presence_events = presence_events
+        if presence_info is not None:
+            self.presence_info = presence_info  # type: ignore[method-assign,assignment]
         if before_publish is not None:
             self.before_publish = before_publish  # type: ignore[method-assign,assignment]
         if before_deliver is not None:
@@ -172,6 +192,12 @@ class PubSubWS(WS):
         """Vet a message before it is written to ``websocket``; ``None`` drops it."""
         return message
 
+    def presence_info(self, websocket: WebSocket) -> Any:
+        """The info of ``websocket`` as a member (JSON-serialisable); the default is
+        ``websocket.state.get("presence")``, e.g. set in ``on_handshake`` with
+        ``request.environ["wsmiddleware.state"]["presence"] = {"id": ..., "name": ...}``."""
+        return websocket.state.get("presence")
+
     def publish_failed(self, websocket: WebSocket, message: Message, error: PubSubError) -> None:
         """A client's message could not be published; the default logs a warning."""
         logger.warning("%r: message not published: %s", websocket, error)
@@ -187,6 +213,7 @@ class PubSubWS(WS):
 
     def on_open(self, websocket: WebSocket) -> None:
         channel = self.channel_for(websocket)
+        open_presence(self, websocket, channel)
         filtered = "before_deliver" in self.__dict__ or type(self).before_deliver is not PubSubWS.before_deliver
         if websocket.subprotocol == SUBPROTOCOL:
             self._resume(websocket, channel, filtered)
@@ -220,6 +247,7 @@ class PubSubWS(WS):
         self._publish(websocket, data)
 
     def on_close(self, websocket: WebSocket) -> None:
+        close_presence(self, websocket)
         entry = websocket.state.pop(_PUBSUB_STATE, None)
         if entry is not None:
             channel, subscriber = entry

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 from .base import Message, PubSub, Subscriber
 from .history import History, Position, Recovery
 from .memory import MemoryPubSub
+from .presence import presence_channel
 
 if TYPE_CHECKING:  # pragma: no cover
     from .redis import RedisPubSub
 
-__all__ = ["PubSub", "MemoryPubSub", "RedisPubSub", "Subscriber", "Message", "Position", "History", "Recovery"]
+__all__ = ["PubSub", "MemoryPubSub", "RedisPubSub", "Subscriber", "Message", "Position", "History", "Recovery",
+           "presence_channel"]
 
 
 def __getattr__(name: str) -> Any:

@@ -137,6 +137,9 @@ class ProcessState:
         #: exact channel -> position of the last message handed to its subscribers
         #: (channels with history only): what the reader fills gaps from.
         self.positions: dict[str, Any] = {}
+        #: exact channel -> Event set when the reader's fill of its gap is over: resume()
+        #: waits for it before handing a subscriber over from its seam.
+        self.filling: dict[str, Event] = {}
         #: Set by a publish that succeeds while the reader waits to reconnect.
         self.wake = Event()
         self.scripts: Any = None

@@ -179,8 +179,15 @@ class Reader:
                 if position.offset <= seen.offset:
                     return  # delivered already, from the stream
                 if position.offset > seen.offset + 1:
-                    self._fill(local, name, seen, position.offset - 1)
-                    clients = self._subscriptions.of(key)
+                    done = local.filling[name] = Event()
+                    try:
+                        self._fill(local, name, seen, position.offset - 1)
+                        local.positions[name] = position
+                        self._deliver(local, self._subscriptions.of(key), name, message, origin, position)
+                    finally:
+                        local.filling.pop(name, None)
+                        done.set()
+                    return
             local.positions[name] = position
         self._deliver(local, clients, name, message, origin, position)
 
@@ -199,7 +206,12 @@ class Reader:
         """After (re)connecting: deliver what each tracked channel got meanwhile."""
         for name, seen in list(local.positions.items()):
             if (False, name) in self._subscriptions and self._current(local):
-                self._fill(local, name, seen, None)
+                done = local.filling[name] = Event()
+                try:
+                    self._fill(local, name, seen, None)
+                finally:
+                    local.filling.pop(name, None)
+                    done.set()
 
     @staticmethod
     def _lost(channel: str, seen: Position, epoch: str) -> None:

@@ -308,11 +308,19 @@ class PubSub(ABC):
             else:
                 recovered = False
                 last = found.head
-            self.subscribe(channel, client, pattern=False)
+            # From here to the release nothing may switch greenlets: a message reaching
+            # both the seam and the client would be given twice.
+            self._take_over(channel, client, Position(found.epoch, last))
         finally:
             self.unsubscribe(channel, seam, pattern=False)
         last = seam.release(found.epoch, last)
         return Recovery(recovered, Position(found.epoch, last), replayed)
+
+    def _take_over(self, channel: str, client: Subscriber, caught_up: Position) -> None:
+        """Subscribe ``client`` to ``channel`` while the seam holds it, without switching
+        greenlets once done; a backend whose live stream may lag behind its history
+        first waits (the seam holding) until live delivery has reached ``caught_up``."""
+        self.subscribe(channel, client, pattern=False)
 
     def subscription_count(self) -> int:
         """How many (channel or pattern, subscriber) pairs this process holds."""
@@ -327,3 +335,58 @@ class PubSub(ABC):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+    # -- presence (see :mod:`.presence`) --------------------------------------------------
+
+    def join(self, channel: str, member: str, info: Any = None, *, announce: bool = False) -> None:
+        """Make ``member`` (a non-empty ``str``) present on ``channel`` with ``info``.
+
+        ``info`` must be JSON-serialisable (``TypeError`` here otherwise); it is
+        what :meth:`presence` returns for the member, after a JSON round trip.
+        Joining again replaces the info. ``announce``: also publish a join event
+        on ``presence_channel(channel)`` (format: :mod:`.presence`). Raises
+        :class:`PubSubError` only when the backend is closed: with Redis away,
+        the member is kept in this process and written when Redis is back.
+        """
+        from .presence import check_member, encode_info
+
+        check_channel(channel)
+        check_member(member)
+        text = encode_info(info)
+        self._join(channel, member, text)
+        if announce:
+            self._announce("join", channel, member, text)
+
+    def leave(self, channel: str, member: str, *, announce: bool = False) -> None:
+        """Make ``member`` absent from ``channel``; a no-op if it is not there (or
+        was joined by another process). Never raises :class:`PubSubError`.
+        ``announce``: publish a leave event if it was present."""
+        from .presence import check_member
+
+        check_channel(channel)
+        check_member(member)
+        text = self._leave(channel, member)
+        if text is not None and announce:
+            self._announce("leave", channel, member, text)
+
+    def presence(self, channel: str) -> dict[str, Any]:
+        """The members of ``channel`` (id -> info) in every process sharing this backend."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence")
+
+    def _join(self, channel: str, member: str, info: str) -> None:
+        """Keep ``member`` with its JSON ``info``."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence")
+
+    def _leave(self, channel: str, member: str) -> str | None:
+        """Drop ``member``; return the JSON info it had, None if it was not there."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no presence")
+
+    def _announce(self, kind: str, channel: str, member: str, info: str) -> None:
+        from ..exceptions import PubSubError
+        from .presence import event, presence_channel
+
+        try:
+            self.publish(presence_channel(channel), event(kind, channel, member, info))
+        except PubSubError as exc:
+            # An announcement is best effort (presence() stays right): never fail a join for it.
+            logger.debug("presence %s of %r on %r not announced: %s", kind, member, channel, exc)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
 from ..exceptions import PubSubError
 from .base import Message, PubSub, Subscriber, check_message, deliver
@@ -38,6 +40,8 @@ class MemoryPubSub(PubSub):
     :meth:`resume` and :meth:`history`; ``history_ttl``: forget messages older
     than this many seconds. The epoch is new with every instance: a restarted
     process has lost its history, and says so.
+
+    Presence (:meth:`join`, :meth:`presence`) is kept per instance, in this process.
     """
 
     def __init__(self, *, history: int | Mapping[str, int] | None = None, history_ttl: float | None = None) -> None:
@@ -46,6 +50,8 @@ class MemoryPubSub(PubSub):
         self._ttl = history_ttl
         self.epoch = new_epoch()
         self._kept: dict[str, _Kept] = {}
+        #: channel -> member -> info as JSON (kept as text: presence() returns what Redis would)
+        self._members: dict[str, dict[str, str]] = {}
 
     def subscribe(self, channel: str, client: Subscriber, *, pattern: bool | None = None) -> None:
         key = self._key(channel, pattern)
@@ -98,7 +104,26 @@ class MemoryPubSub(PubSub):
         missed = [(offset, message) for offset, message, _ in entries if offset > after.offset]
         return History(self.epoch, head, missed if limit is None else missed[:limit], True)
 
+    def presence(self, channel: str) -> dict[str, Any]:
+        self._key(channel, False)
+        return {member: json.loads(info) for member, info in self._members.get(channel, {}).items()}
+
+    def _join(self, channel: str, member: str, info: str) -> None:
+        if self._closed:
+            raise PubSubError("this MemoryPubSub is closed")
+        self._members.setdefault(channel, {})[member] = info
+
+    def _leave(self, channel: str, member: str) -> str | None:
+        members = self._members.get(channel)
+        if not members or member not in members:
+            return None
+        info = members.pop(member)
+        if not members:
+            del self._members[channel]
+        return info
+
     def close(self) -> None:
         self._closed = True
         self._subscriptions.clear()
         self._kept.clear()
+        self._members.clear()

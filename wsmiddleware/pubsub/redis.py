@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -65,6 +66,7 @@ from ..exceptions import PubSubError
 from . import _redis_history as stream
 from . import _redis_io as io
 from ._redis_io import ProcessState, redis
+from ._redis_presence import Presence
 from ._redis_reader import Reader
 from ._redis_wire import decode_message, encode_message, redis_glob
 from .base import Message, PubSub, Subscriber, check_message
@@ -86,7 +88,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class RedisPubSub(Reader, PubSub):
+class RedisPubSub(Presence, Reader, PubSub):
     """Pub/sub through Redis, shared by every process using the same server.
 
     ``url`` is a redis-py URL (``redis://``, ``unix://``, ``rediss://``); extra
@@ -116,6 +118,11 @@ class RedisPubSub(Reader, PubSub):
     Redis restart or a network blip loses nothing for local subscribers of
     exact channels (pattern subscriptions are not filled). Messages that foreign
     publishers (``redis-cli PUBLISH``) send bypass the history.
+
+    ``presence_ttl``: seconds within which the members a process joined
+    (:meth:`join`, ``PubSubWS(presence=True)``) expire once it dies without
+    leaving; each process refreshes its own every ``presence_ttl / 3`` (see
+    :mod:`._redis_presence`).
     """
 
     def __init__(
@@ -129,9 +136,13 @@ class RedisPubSub(Reader, PubSub):
         history: int | Mapping[str, int] | None = None,
         history_ttl: float | None = None,
         key_prefix: str = "wsm:",
+        presence_ttl: float = 20.0,
         **options: Any,
     ) -> None:
         super().__init__()
+        if isinstance(presence_ttl, bool) or not isinstance(presence_ttl, (int, float)) or not presence_ttl > 0:
+            raise ValueError(f"presence_ttl is a number of seconds > 0, not {presence_ttl!r}")
+        self.presence_ttl = float(presence_ttl)
         self._sizes = HistorySizes(history)
         if history_ttl is not None and history_ttl <= 0:
             raise ValueError(f"history_ttl is a number of seconds > 0, not {history_ttl!r}")
@@ -263,6 +274,27 @@ class RedisPubSub(Reader, PubSub):
         return local.io(stream.read, self._scripts(local), local.client, self._keys.of(channel), self.history_ttl,
                         mode, first, last, count)  # type: ignore[no-any-return]
 
+    def _take_over(self, channel: str, client: Subscriber, caught_up: Position) -> None:
+        # The seam of resume() keeps the channel subscribed on the wire: only the local
+        # table changes, and subscribe()'s wait for Redis's confirmation is skipped. A fill
+        # of the channel's gap under way delivers across its own wait for Redis: the
+        # seam must stay in its place (and hold what comes) until the fill is over.
+        # And the history read through another connection may be ahead of this
+        # process's subscriber connection: what the client got from history must have
+        # come live too (to the seam, which drops it) before the client takes over.
+        local = self._state
+        deadline = time.monotonic() + self.subscribe_timeout
+        while local is not None and time.monotonic() < deadline:
+            done = local.filling.get(channel)
+            if done is not None:
+                done.wait(max(0.0, deadline - time.monotonic()))
+                continue
+            seen = local.positions.get(channel)
+            if seen is None or seen.epoch != caught_up.epoch or seen.offset >= caught_up.offset or not local.ready:
+                break
+            gevent.sleep(0.001)
+        self._subscriptions.add((False, channel), client)
+
     def _scripts(self, local: ProcessState) -> stream.Scripts:
         if local.scripts is None:
             local.scripts = stream.Scripts(local.client)
@@ -278,6 +310,7 @@ class RedisPubSub(Reader, PubSub):
         local.positions.setdefault(channel, Position(epoch, head))
 
     def close(self) -> None:
+        self._presence_close()  # before the connections go: this process's members leave Redis
         self._closed = True
         self._subscriptions.clear()
         local, self._state = self._state, None
@@ -321,6 +354,7 @@ class RedisPubSub(Reader, PubSub):
             self._state = local
             return
         local.stale = True
+        self._presence_forget()
         io.forget_after_fork(local)
         reader, local.reader = local.reader, None
         if reader is not None:
