@@ -1,5 +1,6 @@
 """The recovery application across workers: gunicorn -k gevent -w 2 with RedisPubSub
-(``WSM_TEST_REDIS_URL``) and a history of 5,000 messages on ``/ws/h/{room}``.
+(``WSM_TEST_REDIS_URL``) and a history of 5,000 messages on ``/ws/h/{room}``, 10
+on ``/ws/small/{room}``.
 
 Each connection first gets ``{"type": "hello", "pid": N}`` (a frame type the
 recovery protocol passes through), so a test knows which worker to kill.
@@ -15,7 +16,7 @@ import webob
 from wsmiddleware import PubSubWS, WebSocketMiddleware
 from wsmiddleware.pubsub import RedisPubSub
 
-pubsub = RedisPubSub(os.environ["WSM_TEST_REDIS_URL"], history=5000, reconnect_delay=0.05,
+pubsub = RedisPubSub(os.environ["WSM_TEST_REDIS_URL"], history={"small:*": 10, "*": 5000}, reconnect_delay=0.05,
                      max_reconnect_delay=0.5, socket_timeout=2.0)
 
 
@@ -29,4 +30,7 @@ def wsgi_app(environ, start_response):
     return webob.Response(f"{os.getpid()}\n", content_type="text/plain")(environ, start_response)
 
 
-application = WebSocketMiddleware(wsgi_app, {"/ws/h/{room}": Hello(pubsub, channel="h:{room}")})
+application = WebSocketMiddleware(wsgi_app, {
+    "/ws/h/{room}": Hello(pubsub, channel="h:{room}"),
+    "/ws/small/{room}": Hello(pubsub, channel="small:{room}"),
+})

@@ -112,6 +112,37 @@ def test_a_reconnect_after_flushall_is_not_recovered_then_live(cluster):
         assert messages == ["b:1", "b:2"]
 
 
+def test_a_reconnect_after_more_than_n_messages_is_not_recovered_then_live(cluster):
+    """Both workers frozen while 20 messages go into a history of 10; the client's
+    worker killed, the other let go: the reconnect says not recovered, then live."""
+    redis, server = cluster
+    with connect(f"{server.url}/ws/small/x", reconnect=True, reconnect_delay=0.05) as ws:
+        _, pids = read(ws, lambda m: False, timeout=0.3)
+        proc = publisher(redis.url, "small:x", "a", 3)
+        assert proc.wait(30) == 0
+        assert read(ws, lambda m: len(m) >= 3)[0] == ["a:1", "a:2", "a:3"]
+        workers = [int(p) for p in _worker_pids(server)]
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            proc = publisher(redis.url, "small:x", "b", 20)
+            assert proc.wait(30) == 0
+            os.kill(pids[0], signal.SIGKILL)
+        finally:
+            for pid in workers:
+                if pid != pids[0]:
+                    os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while not (ws.reconnects and ws.connected) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        assert ws.reconnects >= 1 and ws.connected
+        proc = publisher(redis.url, "small:x", "c", 2)
+        assert proc.wait(30) == 0
+        messages, _ = read(ws, lambda m: "c:2" in m, timeout=30)
+        assert ws.recovered is False
+        assert messages == ["c:1", "c:2"]
+
+
 def _worker_pids(server) -> list[str]:
     out = os.popen(f"pgrep -P {server.proc.pid}").read().split()
     return out
