@@ -159,7 +159,11 @@ def test_connections_over_max_connections_get_503(limited_server):
             client.echo(BINARY, b"fine")
         # Plain HTTP requests are not WebSocket connections: still served.
         assert server_counts(limited_server)["websockets"] == 3
-        clients.pop().close_cleanly()
+        leaving = clients.pop()
+        leaving.close_cleanly()
+        # The server half-closed after its close frame and waits for our end of TCP (up
+        # to close_timeout) before the connection is over: close it, as clients do.
+        leaving.close()
         assert wait_until(lambda: server_counts(limited_server)["websockets"] == 2)
         with connect(f"{limited_server.url}/ws/echo") as ws:
             ws.send("a seat was free again")
