@@ -9,7 +9,9 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,3 +298,26 @@ def hub_errors(log: str) -> list[str]:
         else:
             block, after_exception = [], False  # something else: not the hub's
     return found
+
+
+def on_two_workers(clients: dict, add: Callable[[], None], errors: list, per_worker: int) -> dict:
+    """Call ``add`` (which files a new client under its worker's pid in ``clients``,
+    or appends its exception to ``errors``) until each of two workers has
+    ``per_worker`` clients (bounded). A worker that has enough is paused (SIGSTOP)
+    while the next client connects, so that the other worker accepts it."""
+    for _ in range(4 * per_worker):
+        if len(clients) == 2 and all(len(group) >= per_worker for group in clients.values()):
+            return clients
+        full = [pid for pid, group in clients.items() if len(group) >= per_worker]
+        for pid in full:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            connecting = threading.Thread(target=add)
+            connecting.start()
+            connecting.join(10)
+        finally:
+            for pid in full:
+                os.kill(pid, signal.SIGCONT)
+        connecting.join(10)
+        assert not errors, errors
+    raise AssertionError(f"could not reach two workers: { {pid: len(g) for pid, g in clients.items()} }")

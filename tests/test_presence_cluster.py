@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 import urllib.parse
 
@@ -19,7 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from .redis_support import RedisServer
-from .support import ServerProcess, start_server
+from .support import ServerProcess, on_two_workers, start_server
 from .test_pubsub_ws import get_json
 
 APP = "tests.presence_apps:application"
@@ -73,7 +72,7 @@ class Client:
 
 
 def spread(stack: contextlib.ExitStack, server: ServerProcess, path: str, per_worker: int) -> dict[int, list[Client]]:
-    """``per_worker`` clients on each of the two workers (bounded), as in test_pubsub_ws.on_both_workers:
+    """``per_worker`` clients on each of the two workers (bounded), through ``support.on_two_workers``:
     a worker that has enough is paused (SIGSTOP) while the next client connects."""
     clients: dict[int, list[Client]] = {}
     errors: list[BaseException] = []
@@ -86,22 +85,7 @@ def spread(stack: contextlib.ExitStack, server: ServerProcess, path: str, per_wo
         except BaseException as exc:  # reported below, from the test's own thread
             errors.append(exc)
 
-    for _ in range(4 * per_worker):
-        if len(clients) == 2 and all(len(group) >= per_worker for group in clients.values()):
-            return clients
-        full = [pid for pid, group in clients.items() if len(group) >= per_worker]
-        for pid in full:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            connecting = threading.Thread(target=add)
-            connecting.start()
-            connecting.join(10)
-        finally:
-            for pid in full:
-                os.kill(pid, signal.SIGCONT)
-        connecting.join(10)
-        assert not errors, errors
-    raise AssertionError(f"could not reach two workers: { {pid: len(g) for pid, g in clients.items()} }")
+    return on_two_workers(clients, add, errors, per_worker)
 
 
 def test_twenty_members_over_two_workers_close_five_then_kill_a_worker(cluster):

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -20,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed as WSConnectionClosed
 from websockets.sync.client import connect
 
-from .support import RawWebSocket, ServerProcess, start_server
+from .support import RawWebSocket, ServerProcess, on_two_workers, start_server
 
 APP = "tests.pubsub_apps:application"
 
@@ -227,22 +224,7 @@ def on_both_workers(stack: contextlib.ExitStack, server: ServerProcess, path: st
             errors.append(exc)
 
     add()
-    for _ in range(4 * per_worker):
-        if len(clients) == 2 and all(len(group) >= per_worker for group in clients.values()):
-            return clients
-        full = [pid for pid, group in clients.items() if len(group) >= per_worker]
-        for pid in full:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            connecting = threading.Thread(target=add)
-            connecting.start()
-            connecting.join(10)
-        finally:
-            for pid in full:
-                os.kill(pid, signal.SIGCONT)
-        connecting.join(10)
-        assert not errors, errors
-    raise AssertionError(f"could not reach two workers: { {pid: len(g) for pid, g in clients.items()} }")
+    return on_two_workers(clients, add, errors, per_worker)
 
 
 def test_clients_on_different_workers_all_receive(redis_gunicorn):

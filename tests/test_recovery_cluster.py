@@ -101,10 +101,7 @@ def test_a_reconnect_after_flushall_is_not_recovered_then_live(cluster):
         assert redis.cli("FLUSHALL") == "OK"
         for pid in {int(p) for p in _worker_pids(server)}:
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while not (ws.reconnects and ws.connected) and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        assert ws.reconnects >= 1 and ws.connected
+        reconnected(ws)
         proc = publisher(redis.url, "h:flush", "b", 2)
         assert proc.wait(30) == 0
         messages, _ = read(ws, lambda m: "b:2" in m, timeout=30)
@@ -132,15 +129,20 @@ def test_a_reconnect_after_more_than_n_messages_is_not_recovered_then_live(clust
             for pid in workers:
                 if pid != pids[0]:
                     os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 30
-        while not (ws.reconnects and ws.connected) and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        assert ws.reconnects >= 1 and ws.connected
+        reconnected(ws)
         proc = publisher(redis.url, "small:x", "c", 2)
         assert proc.wait(30) == 0
         messages, _ = read(ws, lambda m: "c:2" in m, timeout=30)
         assert ws.recovered is False
         assert messages == ["c:1", "c:2"]
+
+
+def reconnected(ws, timeout: float = 30.0) -> None:
+    """Wait (bounded) until the client has reconnected and is connected."""
+    deadline = time.monotonic() + timeout
+    while not (ws.reconnects and ws.connected) and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    assert ws.reconnects >= 1 and ws.connected
 
 
 def _worker_pids(server) -> list[str]:

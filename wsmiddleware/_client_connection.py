@@ -14,7 +14,25 @@ from .connection import PingWaiter, WebSocket
 from .exceptions import ConnectionClosed, ConnectionTimeout
 from .handler import WS
 
-__all__ = ["ClientConnection", "until_closed"]
+__all__ = ["ClientConnection", "CLOSED", "take", "until_closed"]
+
+
+def take(queue: gevent.queue.Queue, timeout: float | None, ended: bool,
+         closed_error: Callable[[], ConnectionClosed]) -> str | bytes:
+    """The next message of a connection's queue: ``ConnectionTimeout`` after
+    ``timeout``; ``closed_error()`` at the end marker :data:`CLOSED` (left for the
+    next caller: closed stays closed), or at once when the reader has ``ended``
+    with nothing queued."""
+    if ended and queue.empty():
+        raise closed_error()
+    try:
+        item = queue.get(timeout=timeout)
+    except gevent.queue.Empty:
+        raise ConnectionTimeout(f"no message within {timeout} s") from None
+    if item is CLOSED:
+        queue.put_nowait(CLOSED)
+        raise closed_error()
+    return item  # type: ignore[no-any-return]
 
 
 def until_closed(receive: Callable[[], str | bytes]) -> Iterator[str | bytes]:
@@ -45,7 +63,7 @@ class _Inbox(WS):
     def on_close(self, websocket: WebSocket) -> None:
         # Wake a receiver blocked on an empty queue; a full one wakes it anyway.
         try:
-            self.queue.put_nowait(_CLOSED)
+            self.queue.put_nowait(CLOSED)
         except gevent.queue.Full:
             pass
 
@@ -59,7 +77,7 @@ class _Inbox(WS):
                 return
 
 
-_CLOSED = object()
+CLOSED = object()
 
 
 class ClientConnection:
@@ -140,17 +158,7 @@ class ClientConnection:
         inbox = self._inbox
         if inbox is None:
             raise TypeError("receive() is for connections opened without a handler; the handler gets the messages")
-        if self._greenlet.dead and inbox.queue.empty():
-            raise self._closed_error()
-        try:
-            item = inbox.queue.get(timeout=timeout)
-        except gevent.queue.Empty:
-            raise ConnectionTimeout(f"no message within {timeout} s") from None
-        if item is _CLOSED:
-            # Leave the marker for the next caller: closed stays closed.
-            inbox.queue.put_nowait(_CLOSED)
-            raise self._closed_error()
-        return item
+        return take(inbox.queue, timeout, self._greenlet.dead, self._closed_error)
 
     recv = receive
 

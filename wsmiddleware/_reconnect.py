@@ -26,7 +26,7 @@ import gevent
 import gevent.event
 import gevent.queue
 
-from ._client_connection import until_closed
+from ._client_connection import CLOSED, take, until_closed
 from .exceptions import ConnectionClosed, ConnectionRejected, ConnectionTimeout
 from .pubsub.history import Position
 from .recovery import SINCE, SUBPROTOCOL, parse_frame
@@ -38,7 +38,6 @@ logger = logging.getLogger("wsmiddleware.client")
 #: Close codes from the server after which reconnecting would not help.
 FINAL_CLOSE_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 1009, 1010})
 _RETRIED_STATUSES = frozenset({408, 429})
-_CLOSED = object()
 
 
 def backoff(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
@@ -121,7 +120,7 @@ class ReconnectingConnection:
             self._up.set()
             reconnecting = True
         try:
-            self._queue.put_nowait(_CLOSED)  # wakes a receiver waiting on an empty queue
+            self._queue.put_nowait(CLOSED)  # wakes a receiver waiting on an empty queue
         except gevent.queue.Full:
             pass  # receive() sees the runner dead once the queue is empty
 
@@ -176,16 +175,7 @@ class ReconnectingConnection:
     def receive(self, timeout: float | None = None) -> str | bytes:
         """The next message (across reconnects); ``ConnectionTimeout`` after ``timeout``,
         ``ConnectionClosed`` once closed for good and everything before was received."""
-        if self._runner.dead and self._queue.empty():
-            raise self._closed_error()
-        try:
-            item = self._queue.get(timeout=timeout)
-        except gevent.queue.Empty:
-            raise ConnectionTimeout(f"no message within {timeout} s") from None
-        if item is _CLOSED:
-            self._queue.put_nowait(_CLOSED)
-            raise self._closed_error()
-        return item  # type: ignore[no-any-return]
+        return take(self._queue, timeout, self._runner.dead, self._closed_error)
 
     recv = receive
 

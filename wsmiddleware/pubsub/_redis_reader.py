@@ -10,6 +10,8 @@ import logging
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -25,6 +27,17 @@ from .history import Position
 logger = logging.getLogger("wsmiddleware.pubsub.redis")
 
 _MESSAGE = b"message"
+
+
+@contextmanager
+def _filling(local: ProcessState, channel: str) -> Iterator[None]:
+    """Mark a fill of ``channel``'s gap as under way (resume() waits for its end)."""
+    done = local.filling[channel] = Event()
+    try:
+        yield
+    finally:
+        local.filling.pop(channel, None)
+        done.set()
 
 
 class Reader:
@@ -179,14 +192,10 @@ class Reader:
                 if position.offset <= seen.offset:
                     return  # delivered already, from the stream
                 if position.offset > seen.offset + 1:
-                    done = local.filling[name] = Event()
-                    try:
+                    with _filling(local, name):
                         self._fill(local, name, seen, position.offset - 1)
                         local.positions[name] = position
                         self._deliver(local, self._subscriptions.of(key), name, message, origin, position)
-                    finally:
-                        local.filling.pop(name, None)
-                        done.set()
                     return
             local.positions[name] = position
         self._deliver(local, clients, name, message, origin, position)
@@ -206,12 +215,8 @@ class Reader:
         """After (re)connecting: deliver what each tracked channel got meanwhile."""
         for name, seen in list(local.positions.items()):
             if (False, name) in self._subscriptions and self._current(local):
-                done = local.filling[name] = Event()
-                try:
+                with _filling(local, name):
                     self._fill(local, name, seen, None)
-                finally:
-                    local.filling.pop(name, None)
-                    done.set()
 
     @staticmethod
     def _lost(channel: str, seen: Position, epoch: str) -> None:
